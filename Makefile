@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/pytest -q -n 0 2>/dev/null || $(BIN)/pytest -q
+	$(BIN)/pytest -q
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

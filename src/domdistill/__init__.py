@@ -1,0 +1,3 @@
+"""domdistill: domain-aware knowledge distillation of large language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,260 @@
+"""Typed run configuration: one pydantic model per section, loaded from YAML.
+
+``${VAR}`` in any string value expands from the environment and fails loudly when unset.
+Unknown or mistyped keys are errors that name their dotted path and the allowed keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from domdistill.errors import ConfigError
+
+METHODS = (
+    "zero_shot_cot", "random_ft", "random_ft_cot", "duplicate_ft_cot", "balance_ft_cot",
+    "active_ft_cot", "baldistill_n", "baldistill_a", "cpt", "kd", "ddk_es", "ddk_wo_fs", "ddk",
+)
+MethodName = Literal[
+    "zero_shot_cot", "random_ft", "random_ft_cot", "duplicate_ft_cot", "balance_ft_cot",
+    "active_ft_cot", "baldistill_n", "baldistill_a", "cpt", "kd", "ddk_es", "ddk_wo_fs", "ddk",
+]
+TaskType = Literal["classification", "multiple_choice", "math", "qa", "builtin"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FieldMap(Section):
+    """Names of the source fields that hold each part of an example (JSONL, CSV, HF datasets)."""
+
+    id: str | None = None
+    domain: str = "domain"
+    input: str = "input"
+    answer: str = "answer"
+    rationale: str | None = None
+
+
+class DataConfig(Section):
+    """Where the examples come from and how they are split."""
+
+    path: str = Field("builtin", description="File, folder, HF dataset, or 'builtin' for the embedded task")
+    format: Literal["auto", "jsonl", "csv", "r52", "math", "recorded", "hf", "builtin"] = "auto"
+    fields: FieldMap = Field(default_factory=FieldMap)
+    split: str | None = Field(None, description="Split inside the source (MATH: train/test; HF: split name)")
+    test_path: str | None = Field(None, description="Separate test set; else a stratified split of path")
+    test_format: Literal["auto", "jsonl", "csv", "r52", "math", "recorded", "hf", "builtin"] = "auto"
+    task: TaskType = "builtin"
+    label_set: list[str] | None = Field(None, description="Allowed labels (classification); default: all seen")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1)
+    zipf_alpha: float | None = Field(None, gt=0, description="Resample the pool long-tailed with this exponent")
+    max_test_per_domain: int | None = Field(None, gt=0)
+    builtin_size: int = Field(2000, gt=0, description="Pool size of the built-in task")
+    seed: int = 0
+
+
+class TeacherConfig(Section):
+    """Which teacher answers, and how it is called."""
+
+    kind: Literal["program", "openai", "hf", "recorded"] = "program"
+    model: str = Field("program", description="Model name (API), HF id or path (hf), or a label")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key")
+    recorded_paths: list[str] = Field(default_factory=list, description="Recorded-teacher JSONL(.gz) files")
+    concurrency: int = Field(16, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(512, gt=0)
+    price_per_1k_input: float = Field(0.0, ge=0, description="Cost estimate, currency per 1k prompt tokens")
+    price_per_1k_output: float = Field(0.0, ge=0)
+    shared_cache: str | None = Field(None, description="Ledger file shared across runs as a cache")
+
+
+class StudentConfig(Section):
+    """The model being trained: a tiny preset (CPU), an HF id or a local path."""
+
+    model: str = Field("tiny", description="Preset name (tiny, small, ...), HF model id, or local path")
+    lora: bool = False
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base (needs bitsandbytes + GPU)")
+    gradient_checkpointing: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class MethodConfig(Section):
+    """The recipe and its knobs. BalDistill fields apply to sequence-level methods, DDK to logit KD."""
+
+    name: MethodName = "baldistill_a"
+    # BalDistill
+    budget: int = Field(400, gt=0, description="Total teacher calls B")
+    stages: int = Field(5, gt=0, description="Number of stages K")
+    adaptive_indexing: Literal["paper", "code"] = "paper"
+    selection: Literal["ifd", "random", "entropy"] = "ifd"
+    synthesis_exemplars: int = Field(4, gt=0)
+    synthesis_cost: Literal[1, 2] = 1
+    answer_filter: bool = True
+    retrain: Literal["fresh", "continue"] = "fresh"
+    # DDK
+    gamma: float = Field(0.2, ge=0)
+    kd_temperature: float = Field(1.0, gt=0)
+    divergence: Literal["fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tvd"] = "fkl"
+    interval_steps: int = Field(10, gt=0)
+    smoothing_alpha: float = Field(0.5, ge=0, le=1)
+    val_per_domain: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def _stages_fit_budget(self) -> "MethodConfig":
+        if self.stages > self.budget:
+            raise ValueError(f"stages ({self.stages}) is larger than budget ({self.budget}): "
+                             "every stage needs at least one teacher call")
+        return self
+
+
+class TrainingConfig(Section):
+    """Fine-tuning hyperparameters (passed to the HF training stack)."""
+
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(16, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_seq_len: int = Field(256, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    max_grad_norm: float = Field(0.3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: each epoch)")
+    save_total_limit: int = Field(2, gt=0)
+    seed: int = 0
+
+
+class EvaluationConfig(Section):
+    """How students are judged per domain."""
+
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(32, gt=0)
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none)")
+    perplexity: bool = True
+
+
+class OutputConfig(Section):
+    """Where the run folder goes."""
+
+    dir: str = "runs/run"
+    overwrite: bool = False
+    tracking: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+
+class RunConfig(Section):
+    """A complete run: data -> teacher -> method -> student training -> evaluation -> output."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a plain dict, safe to write: it holds env-variable names, never secrets."""
+        return self.model_dump(mode="json")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: Any, path: str = "") -> Any:
+    """Replace ``${VAR}`` in every string of a nested structure; unset variables are errors."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"environment variable ${{{name}}} is not set", field=path)
+            return os.environ[name]
+        return _ENV.sub(sub, value)
+    return value
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for listing allowed keys)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return current
+        ann = current.model_fields[part].annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return current
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str | None) -> ConfigError:
+    """Turn pydantic's error into one message naming each dotted path and what is allowed."""
+    lines = []
+    first_field = None
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        first_field = first_field or dotted
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(model, loc[:-1])
+            allowed = ", ".join(owner.model_fields) if owner else "?"
+            lines.append(f"unknown key '{dotted}' (allowed keys here: {allowed})")
+        else:
+            lines.append(f"'{dotted}': {e['msg']} (got {e.get('input')!r})")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), path=source,
+                       field=first_field)
+
+
+def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RunConfig:
+    """Validate a plain dict (after env expansion) into a RunConfig."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", path=source)
+    try:
+        return RunConfig.model_validate(expand_env(raw))
+    except ValidationError as err:
+        raise format_validation_error(err, RunConfig, source) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML run config; ``overrides`` are dotted keys (``method.budget``) applied on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file does not exist", path=p)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=p) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {getattr(err, 'problem', err)}", path=p,
+                          line=mark.line + 1 if mark else None) from None
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(raw, source=str(p))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the (secret-free) config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
