@@ -93,6 +93,8 @@ class StudentConfig(Section):
     load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base (needs bitsandbytes + GPU)")
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    vocab_size: int = Field(512, ge=260, description="Tokenizer vocabulary of a tiny preset (trained on the data)")
+    init_seed: int = Field(0, description="Weight-initialisation seed of a tiny preset")
 
 
 class MethodConfig(Section):
@@ -104,6 +106,7 @@ class MethodConfig(Section):
     stages: int = Field(5, gt=0, description="Number of stages K")
     adaptive_indexing: Literal["paper", "code"] = "paper"
     selection: Literal["ifd", "random", "entropy"] = "ifd"
+    score_max_new_tokens: int = Field(200, gt=0, description="Tokens the student writes when scored")
     synthesis_exemplars: int = Field(4, gt=0)
     synthesis_cost: Literal[1, 2] = 1
     answer_filter: bool = True
@@ -139,6 +142,8 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: each epoch)")
     save_total_limit: int = Field(2, gt=0)
+    logging_steps: int = Field(1, gt=0, description="Record the training loss every N optimizer steps")
+    deterministic: bool = Field(False, description="Deterministic kernels (bit-reproducible resume on CPU)")
     seed: int = 0
 
 
@@ -149,6 +154,9 @@ class EvaluationConfig(Section):
     batch_size: int = Field(32, gt=0)
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none)")
     perplexity: bool = True
+    ci_level: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap confidence intervals")
+    max_per_domain: int | None = Field(None, gt=0, description="Evaluate at most N examples per domain")
+    seed: int = Field(0, description="Seed of the bootstrap resampling")
 
 
 class OutputConfig(Section):
