@@ -38,21 +38,18 @@ def completion_stats(model, tokenizer, prompts: Sequence[str], completions: Sequ
                      batch_size: int = 16, max_length: int | None = None) -> list[SequenceStats]:
     """NLL and entropy of each completion given its prompt (prompt tokens are not scored).
 
-    An empty prompt scores the completion alone, after the BOS token. Batches are right-padded.
+    Sequences are encoded exactly as for training (``training.data.encode_pair``); an empty
+    prompt scores the completion alone, after the BOS token. Batches are right-padded.
     """
+    from domdistill.training.data import IGNORE_INDEX, encode_pair, pad_id
+
     device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
+    limit = max_length or 1 << 30
     rows = []
     for p, c in zip(prompts, completions):
-        p_ids = bos + tokenizer(p, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            c_ids = c_ids + [tokenizer.eos_token_id]
-        ids = p_ids + c_ids
-        if max_length is not None:
-            ids = ids[:max_length]
-        rows.append((ids, len(p_ids)))
+        enc = encode_pair(tokenizer, p, c, limit)  # the same encoding as training
+        rows.append((enc["input_ids"], [lbl != IGNORE_INDEX for lbl in enc["labels"]]))
     out: list[SequenceStats | None] = [None] * len(rows)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     was_training = model.training
@@ -64,10 +61,11 @@ def completion_stats(model, tokenizer, prompts: Sequence[str], completions: Sequ
         attention = torch.zeros((len(idx), width), dtype=torch.long)
         scored = torch.zeros((len(idx), width), dtype=torch.bool)
         for r, i in enumerate(idx):
-            ids, n_prompt = rows[i]
+            ids, is_target = rows[i]
             input_ids[r, :len(ids)] = torch.tensor(ids)
             attention[r, :len(ids)] = 1
-            scored[r, max(n_prompt, 1):len(ids)] = True
+            scored[r, :len(ids)] = torch.tensor(is_target)
+            scored[r, 0] = False  # the first token has no prediction
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = input_ids[:, 1:].to(device)
