@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from domdistill.cli import app
 
 data_app = typer.Typer(help="Inspect domain-labelled data (counts, imbalance, head/tail).",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@data_app.command("stats")
+def stats(
+    path: str = typer.Argument(..., help="Data file or folder (or 'builtin')"),
+    format: str = typer.Option("auto", "--format", "-f",
+                               help="auto, jsonl, csv, r52, math, recorded, hf or builtin"),
+    split: str | None = typer.Option(None, "--split", help="Split inside the source (MATH: train/test)"),
+    head_share: float = typer.Option(0.8, "--head-share", min=0.0, max=1.0,
+                                     help="Head = fewest largest domains holding this share"),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
+    """Per-domain counts, shares, head/tail and imbalance of a dataset."""
+    from domdistill.data.domains import domain_stats
+    from domdistill.data.loaders import load_dataset
+
+    dataset = load_dataset(path, format=format, split=split)
+    st = domain_stats(dataset, head_share=head_share if head_share > 0 else None)
+    if json_output:
+        typer.echo(json.dumps(st.to_dict(), indent=2))
+        return
+    head = set(st.head)
+    table = Table(title=f"{dataset.name}: {len(st.counts)} domains")
+    table.add_column("domain")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("part")
+    for name, share in st.shares().items():
+        part = "head" if name in head else "tail" if st.tail else ""
+        table.add_row(name, str(st.counts[name]), f"{share:.2%}", part)
+    console = Console()
+    console.print(table)
+    console.print(f"domains {len(st.counts)}  total {st.total}  max {st.max}  min {st.min}  "
+                  f"imbalance ratio {st.imbalance_ratio:.4g}  "
+                  f"(head: {len(st.head)} domains covering >= {head_share:.0%})")

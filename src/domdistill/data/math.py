@@ -5,6 +5,9 @@ Each example: domain = subject folder name (``algebra``, ``counting_and_probabil
 input = problem, answer = content of the last ``\\boxed`` of the solution, rationale =
 solution, id = ``<split>/<subject>/<n>.json`` (the form MATH-500 uses in ``unique_id``),
 metadata ``level``, ``type`` and ``split``.
+
+Two training solutions (``number_theory/7115`` and ``7117``) box nothing (``\\boxed{}``);
+they load with an empty answer, so that the tree loads whole with its published counts.
 """
 
 from __future__ import annotations

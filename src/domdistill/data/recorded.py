@@ -17,7 +17,9 @@ Records without a domain (the rationale shape) take it from ``domain_of[text]`` 
 else from the label (right for R52, where the label is the topic). MATH subject display names
 (``"Number Theory"``) become subject folder names (``number_theory``) so that they match
 :func:`~domdistill.data.math.load_math`. ``metadata`` keeps ``prediction``, ``synthetic``,
-``shape`` and ``split``; ``id`` is ``f"{file stem}-{line}"``.
+``shape`` and ``split``; ``id`` is ``f"{file stem}-{line}"``. An empty label is an error,
+except for synthetic records, where an empty ``gt_choice`` (the teacher stated no answer)
+loads as an empty answer.
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ def recorded_example(record: dict[str, Any], *, path: Path | str, line: int, ste
     kw = dict(path=path, line=line)
     text = get_text(record, "text", **kw)
     answer_key = "gt_choice" if shape == "synthetic" else "label"
-    answer = get_text(record, answer_key, allow_number=True, **kw).strip()
+    # a synthetic record is teacher output: an empty intended answer is kept (answer "")
+    # for the answer filter to reject, as the MCQA file has 6 such records
+    answer = get_text(record, answer_key, allow_number=True, allow_empty=shape == "synthetic",
+                      **kw).strip()
     if shape in ("synthetic", "corpus"):
         domain = get_text(record, "source", **kw)
     elif shape == "pool_domain":
