@@ -1,0 +1,64 @@
+"""``results.json``: the machine-readable outcome of a run (contract in the architecture spec)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from domdistill.errors import InputError
+from domdistill.io import atomic_write_json
+
+REQUIRED_METRIC_BLOCKS = ("per_domain", "macro", "micro", "head", "tail")
+
+
+def build_results(method: str, metrics: dict[str, Any], *, wall_seconds: float,
+                  budget: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None,
+                  dataset: dict[str, Any] | None = None, student: dict[str, Any] | None = None,
+                  teacher: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Assemble the results object; ``budget`` needs ``limit`` and ``spent`` when given."""
+    missing = [k for k in REQUIRED_METRIC_BLOCKS if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics block lacks {missing}")
+    out: dict[str, Any] = {"method": method}
+    if dataset is not None:
+        out["dataset"] = dataset
+    if student is not None:
+        out["student"] = student
+    if teacher is not None:
+        out["teacher"] = teacher
+    if budget is not None:
+        lacking = [k for k in ("limit", "spent") if k not in budget]
+        if lacking:
+            raise ValueError(f"budget block lacks {lacking}")
+        out["budget"] = {"by_domain": {}, "by_stage": [], **budget}
+    out["metrics"] = metrics
+    out["history"] = list(history or [])
+    out["wall_seconds"] = round(float(wall_seconds), 3)
+    out.update(extra)
+    return out
+
+
+def write_results(path: str | Path, method: str, metrics: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """Build and atomically write ``results.json``; returns what was written."""
+    results = build_results(method, metrics, **kwargs)
+    atomic_write_json(path, results)
+    return results
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load a ``results.json`` and check it has the contract's fields."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("results file does not exist", path=p)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", path=p, line=e.lineno) from None
+    for key in ("method", "metrics", "wall_seconds"):
+        if key not in data:
+            raise InputError("missing required key", path=p, field=key)
+    for key in REQUIRED_METRIC_BLOCKS:
+        if key not in data["metrics"]:
+            raise InputError("missing required key", path=p, field=f"metrics.{key}")
+    return data
