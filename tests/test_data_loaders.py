@@ -227,6 +227,18 @@ def test_load_from_config_pool_and_test(shared_data: Path) -> None:
     assert len(load_from_config(cfg_r52)) == 6532 and load_test_from_config(cfg_r52) is None
 
 
+def test_builtin_delegation() -> None:
+    from domdistill.data.builtin import builtin_dataset
+
+    pool = load_from_config(DataConfig(path="builtin", builtin_size=300, seed=4))
+    direct = builtin_dataset(size=300, seed=4)
+    assert [e.to_dict() for e in pool] == [e.to_dict() for e in direct] and len(pool) > 0
+    assert [e.id for e in load_dataset("builtin", builtin_size=300, seed=4)] == \
+        [e.id for e in direct]
+    steep = load_from_config(DataConfig(path="builtin", builtin_size=300, seed=4, zipf_alpha=2.0))
+    assert steep.counts() == builtin_dataset(size=300, alpha=2.0, seed=4).counts()
+
+
 # ---- bad input -------------------------------------------------------------------------------
 
 BAD_CASES = [

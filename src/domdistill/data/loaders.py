@@ -119,7 +119,13 @@ def load_dataset(path: str | Path, format: str = "auto",
 def load_from_config(cfg: DataConfig) -> DomainDataset:
     """The training pool of a run: ``cfg.path`` loaded as configured, then resampled
     long-tailed with :func:`~domdistill.data.domains.zipf_resample` when ``cfg.zipf_alpha``
-    is set."""
+    is set (the built-in task is generated with that exponent instead)."""
+    fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt == "builtin":
+        from domdistill.data.builtin import builtin_dataset
+        if cfg.zipf_alpha is not None:
+            return builtin_dataset(size=cfg.builtin_size, alpha=cfg.zipf_alpha, seed=cfg.seed)
+        return builtin_dataset(size=cfg.builtin_size, seed=cfg.seed)
     pool = load_dataset(cfg.path, cfg.format, cfg.fields, cfg.split, cfg.label_set,
                         builtin_size=cfg.builtin_size, seed=cfg.seed)
     if cfg.zipf_alpha is not None:

@@ -54,7 +54,7 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
         try:
             for number, raw in enumerate(f, start=1):
                 try:
-                    text = raw.decode("utf-8")
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as err:
                     where = "uncompressed byte" if path.name.lower().endswith(".gz") else "byte"
                     raise InputError(f"not valid UTF-8 text ({err.reason}) at {where} offset "
