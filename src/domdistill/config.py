@@ -80,6 +80,18 @@ class TeacherConfig(Section):
     price_per_1k_input: float = Field(0.0, ge=0, description="Cost estimate, currency per 1k prompt tokens")
     price_per_1k_output: float = Field(0.0, ge=0)
     shared_cache: str | None = Field(None, description="Ledger file shared across runs as a cache")
+    retry_base_s: float = Field(1.0, gt=0, description="First backoff step (jittered, doubles per retry)")
+    retry_max_s: float = Field(60.0, gt=0, description="Longest backoff wait (Retry-After is honoured)")
+    budget_tokens: int | None = Field(None, gt=0, description="Hard token budget on top of method.budget calls")
+    budget_money: float | None = Field(None, gt=0, description="Hard money budget (needs the prices)")
+    recorded_match: Literal["exact", "r52"] = Field("exact", description="How recorded inputs are matched")
+    batch_size: int = Field(8, gt=0, description="Prompts per generate() call (hf teacher)")
+    top_logprobs: int | None = Field(None, gt=0, le=20, description="Ask the API for top-k log-probs")
+    system_prompt: str | None = Field(None, description="Teacher system prompt (default built in)")
+    rationale_prompt: str | None = Field(None, description="Zero-shot CoT template: {instruction} {input}")
+    rationale_prompt_with_answer: str | None = Field(None, description="Same with the gold {answer} shown")
+    synthesis_prompt: str | None = Field(None, description="Tail synthesis template: {instruction} {domain} "
+                                                           "{k} {exemplars} {number}")
 
 
 class StudentConfig(Section):

@@ -1,1 +1,79 @@
-"""teachers."""
+"""Teachers: back-ends (OpenAI-compatible API, local HF model, recorded outputs, built-in program),
+the call ledger (SQLite cache + hard budget) and the client the methods call.
+
+Typical use from a method::
+
+    client = open_client(cfg.teacher, run_dir, budget_calls=cfg.method.budget,
+                         task=cfg.data.task, labels=labels)
+    batch = client.rationales(selected, with_answer=True, tags={"stage": 1})
+    batch.raise_if_stopped()  # or keep batch.delivered and report batch.stopped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from domdistill.config import TeacherConfig
+from domdistill.teachers.base import CallError, Teacher, TeacherRequest, TeacherResponse
+from domdistill.teachers.client import (
+    DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult, TeacherClient,
+)
+from domdistill.teachers.ledger import LEDGER_NAME, Budget, Ledger, Tags
+from domdistill.teachers.prompts import PromptSet
+from domdistill.teachers.recorded import ProgramTeacher, RecordedTeacher
+from domdistill.teachers.retry import RetryPolicy
+
+__all__ = ["Batch", "Budget", "CallError", "DELIVERED", "EXHAUSTED", "FAILED", "LEDGER_NAME",
+           "Ledger", "ProgramTeacher", "PromptSet", "RationaleResult", "RecordedTeacher",
+           "RetryPolicy", "SynthResult", "Tags", "Teacher", "TeacherClient", "TeacherRequest",
+           "TeacherResponse", "make_teacher", "open_client", "prompts_from_config"]
+
+
+def make_teacher(cfg: TeacherConfig, real_inputs: Iterable[str] | None = None, seed: int = 0) -> Teacher:
+    """The back-end named by ``cfg.kind``. ``real_inputs`` (the training pool's texts) lets a
+    recorded teacher tell real documents from synthetic ones in files that mix them (R52)."""
+    if cfg.kind == "openai":
+        from domdistill.teachers.openai_api import OpenAITeacher
+
+        return OpenAITeacher(cfg.model, cfg.base_url, cfg.api_key_env, cfg.timeout_s)
+    if cfg.kind == "hf":
+        from domdistill.teachers.hf_local import HFTeacher
+
+        return HFTeacher.from_pretrained(cfg.model, batch_size=cfg.batch_size)
+    if cfg.kind == "recorded":
+        return RecordedTeacher.from_paths(cfg.recorded_paths, match=cfg.recorded_match,
+                                          real_inputs=real_inputs, name=cfg.model)
+    return ProgramTeacher(seed=seed)
+
+
+def prompts_from_config(cfg: TeacherConfig, task: str, labels: list[str] | None = None) -> PromptSet:
+    """The prompt templates: the configured ones where set, the built-in ones otherwise."""
+    kw: dict[str, str] = {}
+    if cfg.system_prompt is not None:
+        kw["system"] = cfg.system_prompt
+    if cfg.rationale_prompt:
+        kw["rationale"] = cfg.rationale_prompt
+    if cfg.rationale_prompt_with_answer:
+        kw["rationale_with_answer"] = cfg.rationale_prompt_with_answer
+    if cfg.synthesis_prompt:
+        kw["synthesis"] = kw["synthesis_with_rationale"] = cfg.synthesis_prompt
+    return PromptSet(task=task, labels=tuple(labels) if labels else None, **kw)
+
+
+def open_client(cfg: TeacherConfig, run_dir: str | Path, budget_calls: int | None, task: str,
+                labels: list[str] | None = None, synthesis_cost: int = 1,
+                real_inputs: Iterable[str] | None = None, teacher: Teacher | None = None,
+                seed: int = 0) -> TeacherClient:
+    """A client over ``RUN_DIR/ledger.sqlite`` with the config's budget, limits and retries."""
+    ledger = Ledger(Path(run_dir) / LEDGER_NAME,
+                    Budget(calls=budget_calls, tokens=cfg.budget_tokens, money=cfg.budget_money),
+                    shared_cache=cfg.shared_cache,
+                    price_per_1k=(cfg.price_per_1k_input, cfg.price_per_1k_output))
+    return TeacherClient(
+        teacher or make_teacher(cfg, real_inputs, seed), ledger, prompts_from_config(cfg, task, labels),
+        concurrency=cfg.concurrency, requests_per_minute=cfg.requests_per_minute,
+        tokens_per_minute=cfg.tokens_per_minute,
+        retry=RetryPolicy(cfg.max_retries, cfg.retry_base_s, cfg.retry_max_s),
+        temperature=cfg.temperature, max_tokens=cfg.max_tokens, synthesis_cost=synthesis_cost,
+        top_logprobs=cfg.top_logprobs)

@@ -1,0 +1,345 @@
+"""The call ledger: every teacher call in one SQLite file (WAL), a response cache and a hard budget.
+
+One row per distinct request (``key``). Life of a row::
+
+    (none) --reserve--> inflight --complete--> delivered      (charged once, never again)
+                           |--fail-----------> failed          (dead letter, with the error)
+
+A reservation is committed *before* the request is sent, so after a crash an ``inflight`` row
+still counts against the budget (the provider may have billed it); the next run re-sends it
+once under the charge already made. A failed row keeps its charge when the provider may have
+processed it (timeouts, dropped connections) and gives it back when every attempt was refused.
+
+All writes go through one writer thread per :class:`Ledger` that commits whatever is queued in
+one transaction (group commit): a batch of 64 reservations costs one commit, not 64. Budget
+checks run inside ``BEGIN IMMEDIATE`` transactions, so they are atomic across threads and
+processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from domdistill.errors import RunFolderError
+
+LEDGER_NAME = "ledger.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+  key TEXT PRIMARY KEY, teacher TEXT, domain TEXT, stage TEXT, kind TEXT,
+  status TEXT NOT NULL, charged INTEGER NOT NULL DEFAULT 0, cached INTEGER NOT NULL DEFAULT 0,
+  request TEXT, response TEXT, data TEXT,
+  prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+  reserved_tokens INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0,
+  latency_s REAL, attempts INTEGER NOT NULL DEFAULT 0, sends INTEGER NOT NULL DEFAULT 0,
+  error TEXT, created REAL, updated REAL);
+CREATE INDEX IF NOT EXISTS calls_status ON calls(status);
+CREATE TABLE IF NOT EXISTS spend (
+  id INTEGER PRIMARY KEY CHECK (id = 1), calls INTEGER NOT NULL, tokens INTEGER NOT NULL,
+  money REAL NOT NULL);
+INSERT OR IGNORE INTO spend VALUES (1, 0, 0, 0.0);
+CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, value REAL);
+"""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hard limits; None means unlimited. ``calls`` counts charged requests."""
+
+    calls: int | None = None
+    tokens: int | None = None
+    money: float | None = None
+
+
+@dataclass(frozen=True)
+class Tags:
+    """What a call was for, for spend reports."""
+
+    domain: str | None = None
+    stage: str | None = None
+    kind: str | None = None
+
+
+@dataclass
+class CallRecord:
+    """A delivered (or failed) call as stored."""
+
+    key: str
+    status: str
+    response: str | None
+    data: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    attempts: int
+    sends: int
+    error: str | None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Outcome of :meth:`Ledger.reserve`: ``new`` (charged now), ``resend`` (charged earlier,
+    not delivered: send again at no new charge), ``cached`` (delivered: do not send), or
+    ``exhausted`` (the budget would be exceeded: do not send)."""
+
+    key: str
+    outcome: str
+    record: CallRecord | None = None
+    reason: str | None = None
+
+
+def _record(row: sqlite3.Row, cached: bool = False) -> CallRecord:
+    return CallRecord(key=row["key"], status=row["status"], response=row["response"],
+                      data=json.loads(row["data"]) if row["data"] else None,
+                      prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
+                      attempts=row["attempts"], sends=row["sends"], error=row["error"],
+                      cached=cached or bool(row["cached"]))
+
+
+def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode with a generous busy timeout (many writers may share the file)."""
+    if readonly:
+        con = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=60,
+                              check_same_thread=False)
+    else:
+        con = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a process kill
+    con.row_factory = sqlite3.Row
+    return con
+
+
+class Ledger:
+    """The run's call ledger at ``path`` (``RUN_DIR/ledger.sqlite``), optionally reading and
+    feeding a ``shared_cache`` ledger file used across runs."""
+
+    def __init__(self, path: str | Path, budget: Budget | None = None,
+                 shared_cache: str | Path | None = None, price_per_1k: tuple[float, float] = (0.0, 0.0)):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise RunFolderError(f"{self.path}: is a folder; expected the ledger file "
+                                 f"(e.g. {self.path / LEDGER_NAME})")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.budget = budget or Budget()
+        self.price_per_1k = price_per_1k
+        self._con = connect(self.path)
+        self._con.executescript(_SCHEMA)
+        self._shared: sqlite3.Connection | None = None
+        if shared_cache is not None and Path(shared_cache).resolve() != self.path.resolve():
+            Path(shared_cache).parent.mkdir(parents=True, exist_ok=True)
+            self._shared = connect(shared_cache)
+            self._shared.executescript(_SCHEMA)
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple, Future] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
+        self._thread.start()
+        self.submit(self._set_limits).result()
+
+    # ------------------------------------------------------------------ writer thread
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            ops = [b for b in batch if b is not None]
+            if ops:
+                self._run_batch(ops)
+            if any(b is None for b in batch):
+                return
+
+    def _run_batch(self, ops: list[tuple[Callable[..., Any], tuple, Future]]) -> None:
+        results: list[tuple[Future, Any, BaseException | None]] = []
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+            for fn, args, fut in ops:
+                try:
+                    results.append((fut, fn(*args), None))
+                except sqlite3.Error:
+                    raise
+                except Exception as e:  # an op's own error fails only that op
+                    results.append((fut, None, e))
+            self._con.execute("COMMIT")
+        except BaseException as e:
+            if self._con.in_transaction:
+                self._con.execute("ROLLBACK")
+            for _, _, fut in ops:
+                fut.set_exception(e)
+            return
+        for fut, value, err in results:
+            fut.set_exception(err) if err is not None else fut.set_result(value)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the writer thread inside a write transaction; its Future
+        resolves after the transaction is committed."""
+        fut: Future = Future()
+        if not self._thread.is_alive():
+            raise RuntimeError("ledger is closed")
+        self._queue.put((fn, args, fut))
+        return fut
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._con.close()
+        if self._shared is not None:
+            self._shared.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ operations (writer thread)
+    def _set_limits(self) -> None:
+        for name, value in (("calls", self.budget.calls), ("tokens", self.budget.tokens),
+                            ("money", self.budget.money)):
+            self._con.execute("INSERT INTO limits VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                              "value = excluded.value", (name, value))
+
+    def _lookup(self, keys: list[str]) -> dict[str, CallRecord]:
+        found: dict[str, CallRecord] = {}
+        for key in keys:
+            row = self._con.execute("SELECT * FROM calls WHERE key = ? AND status = 'delivered'",
+                                    (key,)).fetchone()
+            if row is not None:
+                found[key] = _record(row)
+            elif self._shared is not None:
+                srow = self._shared.execute("SELECT * FROM calls WHERE key = ? AND status = 'delivered'",
+                                            (key,)).fetchone()
+                if srow is not None:
+                    self._import_shared(srow)
+                    found[key] = _record(srow, cached=True)
+        return found
+
+    def _import_shared(self, row: sqlite3.Row) -> None:
+        cols = [c for c in row.keys() if c not in ("charged", "cached", "created", "updated")]
+        now = time.time()
+        self._con.execute(
+            f"INSERT INTO calls ({', '.join(cols)}, charged, cached, created, updated) "
+            f"VALUES ({', '.join('?' * len(cols))}, 0, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            "status='delivered', response=excluded.response, data=excluded.data, cached=1, "
+            "updated=excluded.updated", [row[c] for c in cols] + [now, now])
+
+    def _reserve(self, key: str, tags: Tags, request: str, est_tokens: int,
+                 teacher: str | None) -> Reservation:
+        row = self._con.execute("SELECT * FROM calls WHERE key = ?", (key,)).fetchone()
+        now = time.time()
+        if row is not None and row["status"] == "delivered":
+            return Reservation(key, "cached", _record(row))
+        if row is not None and row["charged"]:
+            self._con.execute("UPDATE calls SET status='inflight', sends=sends+1, updated=? "
+                              "WHERE key=?", (now, key))
+            return Reservation(key, "resend")
+        calls, tokens, money = self._con.execute("SELECT calls, tokens, money FROM spend").fetchone()
+        est_cost = self._cost(est_tokens, 0)
+        b = self.budget
+        reason = None
+        if b.calls is not None and calls + 1 > b.calls:
+            reason = f"call budget exhausted ({calls} of {b.calls} calls charged)"
+        elif b.tokens is not None and tokens + est_tokens > b.tokens:
+            reason = f"token budget exhausted ({tokens} of {b.tokens} tokens charged)"
+        elif b.money is not None and money + est_cost > b.money:
+            reason = f"money budget exhausted ({money:.4f} of {b.money:.4f} charged)"
+        if reason is not None:
+            return Reservation(key, "exhausted", reason=reason)
+        self._con.execute("UPDATE spend SET calls=calls+1, tokens=tokens+?, money=money+?",
+                          (est_tokens, est_cost))
+        self._con.execute(
+            "INSERT INTO calls (key, teacher, domain, stage, kind, status, charged, request, "
+            "reserved_tokens, cost, sends, created, updated) VALUES (?, ?, ?, ?, ?, 'inflight', 1, ?, ?, ?, 1, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET status='inflight', charged=1, error=NULL, "
+            "reserved_tokens=excluded.reserved_tokens, cost=excluded.cost, sends=sends+1, updated=excluded.updated",
+            (key, teacher, tags.domain, tags.stage, tags.kind, request, est_tokens, est_cost, now, now))
+        return Reservation(key, "new")
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        pin, pout = self.price_per_1k
+        return prompt_tokens / 1000 * pin + completion_tokens / 1000 * pout
+
+    def _complete(self, key: str, response: str, data: dict | None, prompt_tokens: int,
+                  completion_tokens: int, latency_s: float, attempts: int) -> None:
+        row = self._con.execute("SELECT reserved_tokens, cost, charged FROM calls WHERE key=?",
+                                (key,)).fetchone()
+        cost = self._cost(prompt_tokens, completion_tokens)
+        if row is not None and row["charged"]:  # replace the estimate by what was used
+            self._con.execute("UPDATE spend SET tokens=tokens+?, money=money+?",
+                              (prompt_tokens + completion_tokens - row["reserved_tokens"], cost - row["cost"]))
+        self._con.execute(
+            "UPDATE calls SET status='delivered', response=?, data=?, prompt_tokens=?, "
+            "completion_tokens=?, reserved_tokens=?, cost=?, latency_s=?, attempts=attempts+?, error=NULL, "
+            "updated=? WHERE key=?",
+            (response, json.dumps(data) if data is not None else None, prompt_tokens,
+             completion_tokens, prompt_tokens + completion_tokens, cost, latency_s, attempts,
+             time.time(), key))
+        if self._shared is not None:
+            srow = self._con.execute("SELECT * FROM calls WHERE key=?", (key,)).fetchone()
+            cols = list(srow.keys())
+            self._shared.execute(f"INSERT OR REPLACE INTO calls ({', '.join(cols)}) VALUES "
+                                 f"({', '.join('?' * len(cols))})", [srow[c] for c in cols])
+
+    def _fail(self, key: str, error: str, attempts: int, release: bool, tags: Tags | None,
+              request: str | None) -> None:
+        now = time.time()
+        row = self._con.execute("SELECT status, charged, reserved_tokens, cost FROM calls WHERE key=?",
+                                (key,)).fetchone()
+        if row is None:  # never sent (the batch stopped first): a dead letter with no charge
+            tags = tags or Tags()
+            self._con.execute(
+                "INSERT INTO calls (key, domain, stage, kind, status, request, error, created, updated) "
+                "VALUES (?, ?, ?, ?, 'failed', ?, ?, ?, ?)",
+                (key, tags.domain, tags.stage, tags.kind, request, error, now, now))
+            return
+        if row["status"] == "delivered":
+            return
+        if release and row["charged"]:
+            self._con.execute("UPDATE spend SET calls=calls-1, tokens=tokens-?, money=money-?",
+                              (row["reserved_tokens"], row["cost"]))
+            self._con.execute("UPDATE calls SET charged=0, reserved_tokens=0, cost=0 WHERE key=?", (key,))
+        self._con.execute("UPDATE calls SET status='failed', error=?, attempts=attempts+?, updated=? "
+                          "WHERE key=?", (error, attempts, now, key))
+
+    # ------------------------------------------------------------------ public, thread-safe
+    def lookup(self, keys: list[str]) -> Future:
+        """Future of ``{key: CallRecord}`` for the keys already delivered (here or in the shared cache)."""
+        return self.submit(self._lookup, list(keys))
+
+    def reserve(self, key: str, tags: Tags, request: dict[str, Any] | None = None,
+                est_tokens: int = 0, teacher: str | None = None) -> Future:
+        """Future of a :class:`Reservation`; when ``new`` or ``resend`` the row is in flight."""
+        blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
+        return self.submit(self._reserve, key, tags, blob, int(est_tokens), teacher)
+
+    def complete(self, key: str, response: str, data: dict | None = None, prompt_tokens: int = 0,
+                 completion_tokens: int = 0, latency_s: float = 0.0, attempts: int = 1) -> Future:
+        return self.submit(self._complete, key, response, data, prompt_tokens, completion_tokens,
+                           latency_s, attempts)
+
+    def fail(self, key: str, error: str, attempts: int = 0, release: bool = False,
+             tags: Tags | None = None, request: dict[str, Any] | None = None) -> Future:
+        """Record a dead letter. ``release`` gives the charge back (the provider refused every attempt)."""
+        blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
+        return self.submit(self._fail, key, error, attempts, release, tags, blob)
+
+    def spent(self) -> dict[str, float]:
+        """Charged calls, tokens and money so far (in-flight included)."""
+        return self.submit(lambda: dict(self._con.execute(
+            "SELECT calls, tokens, money FROM spend").fetchone())).result()
+
+    def counts(self) -> dict[str, int]:
+        """Rows per status."""
+        return self.submit(lambda: {r[0]: r[1] for r in self._con.execute(
+            "SELECT status, count(*) FROM calls GROUP BY status")}).result()
+

@@ -1,0 +1,60 @@
+"""The one retry layer (jittered exponential backoff that honours Retry-After), request/token
+rate limits, and secret redaction for error text."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``max_retries`` extra attempts after the first; the n-th wait is uniform in
+    ``[0, min(max_s, base_s * 2**n)]`` (full jitter) unless the server says Retry-After."""
+
+    max_retries: int = 6
+    base_s: float = 1.0
+    max_s: float = 60.0
+    max_retry_after_s: float = 600.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.max_retry_after_s)
+        return random.uniform(0, min(self.max_s, self.base_s * 2 ** attempt))
+
+
+class RateLimiter:
+    """Token bucket: at most ``per_minute`` units per minute, bursts up to ``burst_s`` seconds' worth."""
+
+    def __init__(self, per_minute: float, burst_s: float = 1.0):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        amount = min(amount, self.capacity)  # one large request may use a full bucket
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """``text`` with every secret (and any 8+ character piece of it that a server echoed) removed."""
+    for secret in secrets:
+        if not secret:
+            continue
+        text = text.replace(secret, "[REDACTED]")
+        if len(secret) >= 16:  # servers often echo a prefix or suffix of a rejected key
+            for piece in (secret[:12], secret[-8:]):
+                text = text.replace(piece, "[REDACTED]")
+    return text
