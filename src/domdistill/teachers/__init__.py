@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from domdistill.config import TeacherConfig
+from domdistill.data.example import DomainExample
 from domdistill.teachers.base import CallError, Teacher, TeacherRequest, TeacherResponse
 from domdistill.teachers.client import (
     DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult, TeacherClient,
@@ -30,9 +31,9 @@ __all__ = ["Batch", "Budget", "CallError", "DELIVERED", "EXHAUSTED", "FAILED", "
            "TeacherResponse", "make_teacher", "open_client", "prompts_from_config"]
 
 
-def make_teacher(cfg: TeacherConfig, real_inputs: Iterable[str] | None = None, seed: int = 0) -> Teacher:
-    """The back-end named by ``cfg.kind``. ``real_inputs`` (the training pool's texts) lets a
-    recorded teacher tell real documents from synthetic ones in files that mix them (R52)."""
+def make_teacher(cfg: TeacherConfig, real: Iterable[DomainExample] | None = None, seed: int = 0) -> Teacher:
+    """The back-end named by ``cfg.kind``. ``real`` (the training pool) lets a recorded teacher
+    tell real documents from synthetic ones in files that mix them (R52)."""
     if cfg.kind == "openai":
         from domdistill.teachers.openai_api import OpenAITeacher
 
@@ -43,7 +44,7 @@ def make_teacher(cfg: TeacherConfig, real_inputs: Iterable[str] | None = None, s
         return HFTeacher.from_pretrained(cfg.model, batch_size=cfg.batch_size)
     if cfg.kind == "recorded":
         return RecordedTeacher.from_paths(cfg.recorded_paths, match=cfg.recorded_match,
-                                          real_inputs=real_inputs, name=cfg.model)
+                                          real=real, name=cfg.model)
     return ProgramTeacher(seed=seed)
 
 
@@ -63,7 +64,7 @@ def prompts_from_config(cfg: TeacherConfig, task: str, labels: list[str] | None 
 
 def open_client(cfg: TeacherConfig, run_dir: str | Path, budget_calls: int | None, task: str,
                 labels: list[str] | None = None, synthesis_cost: int = 1,
-                real_inputs: Iterable[str] | None = None, teacher: Teacher | None = None,
+                real: Iterable[DomainExample] | None = None, teacher: Teacher | None = None,
                 seed: int = 0) -> TeacherClient:
     """A client over ``RUN_DIR/ledger.sqlite`` with the config's budget, limits and retries."""
     ledger = Ledger(Path(run_dir) / LEDGER_NAME,
@@ -71,7 +72,7 @@ def open_client(cfg: TeacherConfig, run_dir: str | Path, budget_calls: int | Non
                     shared_cache=cfg.shared_cache,
                     price_per_1k=(cfg.price_per_1k_input, cfg.price_per_1k_output))
     return TeacherClient(
-        teacher or make_teacher(cfg, real_inputs, seed), ledger, prompts_from_config(cfg, task, labels),
+        teacher or make_teacher(cfg, real, seed), ledger, prompts_from_config(cfg, task, labels),
         concurrency=cfg.concurrency, requests_per_minute=cfg.requests_per_minute,
         tokens_per_minute=cfg.tokens_per_minute,
         retry=RetryPolicy(cfg.max_retries, cfg.retry_base_s, cfg.retry_max_s),

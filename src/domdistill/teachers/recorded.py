@@ -7,6 +7,8 @@ is a :class:`TeacherError` naming the input.
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from domdistill.data.recorded import load_recorded, r52_match_key
 from domdistill.errors import InputError, TeacherError
 from domdistill.teachers.base import TeacherRequest, TeacherResponse
 from domdistill.teachers.prompts import with_final_answer
+
+
+_COMPOSED = re.compile(r"composed.*count_(\d+)")
 
 
 def exact_key(text: str) -> str:
@@ -31,22 +36,25 @@ class RecordedTeacher:
 
     Rationale requests are looked up by input (``match_key`` of the text). Synthesis requests
     for a domain are served from that domain's recorded synthetic examples in order
-    (request ``index`` i gets the i-th). Records in the rationale shape whose input is not one
-    of ``real_inputs`` (when given) are synthetic examples for their label's domain: that is how
-    the R52 files mix teacher-written tail documents with real ones.
+    (request ``index`` i gets the i-th). The R52 "composed" files mix teacher-written tail
+    documents into the rationale shape: given the ``real`` training pool, a record there counts
+    as synthetic when its input is no real document and its domain has fewer real documents than
+    the file's per-class count (``..._count_50``), i.e. the domain was a tail the file filled.
     """
 
     max_batch = 1
 
     def __init__(self, records: Iterable[DomainExample], match: str = "exact",
-                 real_inputs: Iterable[str] | None = None, name: str = "recorded"):
+                 real: Iterable[DomainExample] | None = None, name: str = "recorded"):
         if match not in MATCHERS:
             raise InputError(f"unknown match {match!r} (expected one of {', '.join(MATCHERS)})",
                              field="match")
         self.match_key = MATCHERS[match]
         self.model = name
         self.teacher_id = f"recorded:{name}"
-        real = {self.match_key(t) for t in real_inputs} if real_inputs is not None else None
+        real_list = list(real) if real is not None else None
+        real_keys = {self.match_key(ex.input) for ex in real_list} if real_list is not None else None
+        real_counts = Counter(ex.domain for ex in real_list or [])
         self.rationale_by_key: dict[str, tuple[str, str | None]] = {}
         self.synthetic: dict[str, list[DomainExample]] = {}
         seen_synthetic: set[str] = set()
@@ -56,19 +64,22 @@ class RecordedTeacher:
             key = self.match_key(ex.input)
             pred = ex.metadata.get("prediction")
             self.rationale_by_key.setdefault(key, (ex.rationale, pred))
-            synthetic = ex.metadata.get("synthetic") or (real is not None and key not in real)
+            synthetic = bool(ex.metadata.get("synthetic"))
+            if not synthetic and real_keys is not None and key not in real_keys:
+                m = _COMPOSED.search(ex.id)
+                synthetic = m is not None and real_counts[ex.domain] < int(m.group(1))
             if synthetic and key not in seen_synthetic:
                 seen_synthetic.add(key)
                 self.synthetic.setdefault(ex.domain, []).append(ex)
 
     @classmethod
     def from_paths(cls, paths: Iterable[str | Path], match: str = "exact",
-                   real_inputs: Iterable[str] | None = None, name: str = "recorded") -> "RecordedTeacher":
+                   real: Iterable[DomainExample] | None = None, name: str = "recorded") -> "RecordedTeacher":
         """Load recorded JSONL(.gz) files (first record of an input wins, in path order)."""
         records: list[DomainExample] = []
         for p in paths:
             records.extend(load_recorded(p))
-        return cls(records, match=match, real_inputs=real_inputs, name=name)
+        return cls(records, match=match, real=real, name=name)
 
     def has_rationale(self, text: str) -> bool:
         return self.match_key(text) in self.rationale_by_key
