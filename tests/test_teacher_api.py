@@ -56,7 +56,9 @@ def rows(ledger: Path) -> list[tuple]:
 def test_server_errors_are_retried_and_every_answer_matches_its_request(tmp_path: Path) -> None:
     exs = examples(100)
     with KatanServer(tmp_path / "server.log", "--error-rate", "0.3", "--latency-ms", "20") as srv:
-        with client_for(srv, tmp_path / "ledger.sqlite", budget=100) as client:
+        # 10 retries: a request fails for good with probability 0.3**11, about 2e-6
+        with client_for(srv, tmp_path / "ledger.sqlite", budget=100,
+                        retry=RetryPolicy(10, 0.01, 0.1)) as client:
             batch = client.rationales(exs, with_answer=True, tags={"stage": 1})
             spent = client.ledger.spent()["calls"]
         sent = srv.chat_requests()
