@@ -70,7 +70,7 @@ def _gen_parity(rng: random.Random) -> str:
 
 
 def _gen_sorting(rng: random.Random) -> str:
-    nums = rng.sample(range(1, 21), rng.choice((3, 4)))
+    nums = rng.sample(range(1, 10), rng.choice((3, 4)))
     return f"Sort {', '.join(map(str, nums))} from smallest to largest."
 
 
@@ -90,7 +90,7 @@ def _gen_unit_conversion(rng: random.Random) -> str:
 
 
 def _gen_multiplication(rng: random.Random) -> str:
-    return f"Multiply {rng.randint(2, 29)} by {rng.randint(2, 9)}."
+    return f"Multiply {rng.randint(2, 19)} by {rng.randint(2, 9)}."
 
 
 def _gen_rounding(rng: random.Random) -> str:
@@ -112,7 +112,7 @@ def _gen_weekday(rng: random.Random) -> str:
 
 
 def _gen_digit_sum(rng: random.Random) -> str:
-    return f"What is the sum of the digits of {rng.randint(10, 999)}?"
+    return f"What is the sum of the digits of {rng.randint(10, 99)}?"
 
 
 # --- solvers: parsed numbers/words -> (rationale, answer) -----------------------------------------
