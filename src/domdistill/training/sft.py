@@ -83,6 +83,10 @@ def training_arguments(cfg: TrainingConfig, output_dir: str | Path, progress: bo
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if not torch.cuda.is_available():
+        kwargs["use_cpu"] = True
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            kwargs["ddp_backend"] = "gloo"  # several CPU processes (torchrun / accelerate launch)
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
