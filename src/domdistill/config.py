@@ -119,6 +119,9 @@ class MethodConfig(Section):
     adaptive_indexing: Literal["paper", "code"] = "paper"
     selection: Literal["ifd", "random", "entropy"] = "ifd"
     score_max_new_tokens: int = Field(200, gt=0, description="Tokens the student writes when scored")
+    score_candidates: int | None = Field(
+        None, gt=0, description="Score at most this many random candidates per head domain "
+                                "(default: the whole remaining pool)")
     synthesis_exemplars: int = Field(4, gt=0)
     synthesis_cost: Literal[1, 2] = 1
     answer_filter: bool = True
@@ -156,6 +159,8 @@ class TrainingConfig(Section):
     save_total_limit: int = Field(2, gt=0)
     logging_steps: int = Field(1, gt=0, description="Record the training loss every N optimizer steps")
     deterministic: bool = Field(False, description="Deterministic kernels (bit-reproducible resume on CPU)")
+    cpu_threads: int | None = Field(None, gt=0, description="torch CPU threads (1 is fastest for tiny "
+                                                            "models on small machines; default: torch's)")
     seed: int = 0
 
 

@@ -1,0 +1,120 @@
+"""``domdistill run`` and ``domdistill demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from domdistill.cli import app
+from domdistill.config import RunConfig, load_config
+
+console = Console()
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run configuration (YAML); see examples/ and docs/"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir)"),
+    set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set method.budget=800"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and cost estimate; call no teacher"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a crashed or stopped run"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan or results as JSON"),
+) -> None:
+    """Run a method (BalDistill, DDK or a baseline) as the config says."""
+    cfg = load_config(config, _overrides(set_))
+    if dry_run:
+        show_plan(cfg, as_json)
+        return
+    from domdistill.methods import run_config
+
+    results = run_config(cfg, out=out, overwrite=overwrite or None, resume=resume)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_results({cfg.method.name: results})
+        console.print(f"run folder: {out or cfg.output.dir}")
+
+
+def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
+    """The dry-run: quotas per stage and domain, head/tail, expected calls, tokens and cost."""
+    from domdistill.methods import DDK_FAMILY
+    from domdistill.methods.plan import plan_baldistill
+    from domdistill.methods.task import load_task
+
+    if cfg.method.name in DDK_FAMILY:
+        raise typer.BadParameter(f"--dry-run plans teacher calls; {cfg.method.name} makes none")
+    plan = plan_baldistill(cfg, load_task(cfg.data))
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return
+    table = Table(title=f"{plan.method}: quotas per stage (* = tail: shortfall synthesized)")
+    table.add_column("domain")
+    for s in plan.stages:
+        table.add_column(f"stage {s.stage}", justify="right")
+    for d in (plan.stages[0].quotas if plan.stages else {}):
+        table.add_row(d, *[f"{s.quotas[d]}{'*' if d in s.tail else ''}" for s in plan.stages])
+    table.add_row("[bold]total", *[f"[bold]{s.budget}" for s in plan.stages])
+    console.print(table)
+    console.print(f"expected teacher calls: [bold]{plan.calls}[/] (budget {cfg.method.budget}); "
+                  f"synthetic examples: {plan.synthetic}")
+    console.print(f"estimated tokens: {plan.prompt_tokens:,} prompt + {plan.completion_tokens:,} "
+                  f"completion; estimated cost: {plan.cost:.2f} (prices from teacher.price_per_1k_*)")
+    console.print("dry run: no teacher was called and nothing was written.")
+
+
+def print_results(runs: dict[str, dict[str, Any]]) -> None:
+    """Per-domain table, one column per method, head and tail marked, aggregates below."""
+    first = next(iter(runs.values()))
+    metric = "accuracy" if "accuracy" in first["metrics"]["macro"] else next(iter(first["metrics"]["macro"]))
+    head = set(first.get("head_domains", []))
+    table = Table(title=f"per-domain {metric}")
+    table.add_column("domain")
+    table.add_column("pool", justify="right")
+    table.add_column("test n", justify="right")
+    table.add_column("split")
+    for name in runs:
+        table.add_column(name, justify="right")
+    per = first["metrics"]["per_domain"]
+    counts = first.get("dataset", {}).get("domain_counts", {})
+    for d in sorted(per, key=lambda d: (-counts.get(d, 0), d)):
+        kind = "head" if d in head else "tail"
+        table.add_row(d, str(counts.get(d, "")), str(per[d].get("n", "")), kind,
+                      *[f"{r['metrics']['per_domain'].get(d, {}).get(metric, float('nan')):.3f}"
+                        for r in runs.values()])
+    for block in ("macro", "micro", "head", "tail"):
+        table.add_row(f"[bold]{block}", "", "", "",
+                      *[f"[bold]{r['metrics'][block].get(metric, float('nan')):.3f}" for r in runs.values()])
+    spent = [str(r.get("budget", {}).get("spent", "-")) for r in runs.values()]
+    table.add_row("teacher calls", "", "", "", *spent)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for the demo's run folders"),
+    method: str = typer.Option("baldistill", "--method", help="baldistill or ddk"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace earlier demo runs"),
+) -> None:
+    """BalDistill A vs Random FT CoT (or DDK vs KD) on the built-in long-tailed task, CPU-sized."""
+    from domdistill.methods.demo import run_demo
+
+    runs = run_demo(out, method=method, overwrite=overwrite)
+    print_results(runs)
+    console.print(f"run folders and report: {out}")

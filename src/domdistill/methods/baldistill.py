@@ -1,0 +1,252 @@
+"""BalDistill and its baselines as one staged recipe (``methods.md`` section 1).
+
+Each stage: quotas per domain from a balancing policy -> head domains pick the inputs the student
+is least sure of (IFD on its own rationale; random in stage 1) -> tail domains get all their
+remaining real inputs plus teacher-synthesized examples for the shortfall -> the teacher writes
+rationales -> wrong-answer filter -> the student is retrained on everything so far -> evaluated.
+The method state is saved after every stage; teacher calls live in the ledger, so a crashed run
+resumes without paying any call twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from domdistill.config import RunConfig
+from domdistill.data.example import DomainExample
+from domdistill.data.quotas import Policy, StagePlan, plan_stage, stage_budgets
+from domdistill.io import atomic_write_json
+from domdistill.methods.task import Task
+from domdistill.runs import RunDir
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What distinguishes BalDistill and each baseline."""
+
+    staged: bool                      # K stages (else one stage with the whole budget)
+    policy: Policy                    # how the stage budget is split over domains
+    selection: Literal["random", "score"]
+    tail: Literal["none", "synthesize", "duplicate"]
+    rationale: bool = True            # train on teacher rationales (else gold labels only)
+    pool_wide: bool = False           # score-rank the whole pool at once (Active FT CoT)
+    train: bool = True
+
+
+RECIPES: dict[str, Recipe] = {
+    "zero_shot_cot": Recipe(False, "random", "random", "none", train=False),
+    "random_ft": Recipe(False, "random", "random", "none", rationale=False),
+    "random_ft_cot": Recipe(False, "random", "random", "none"),
+    "duplicate_ft_cot": Recipe(False, "duplicate", "random", "duplicate"),
+    "balance_ft_cot": Recipe(False, "naive", "random", "synthesize"),
+    "active_ft_cot": Recipe(True, "random", "score", "none", pool_wide=True),
+    "baldistill_n": Recipe(True, "naive", "score", "synthesize"),
+    "baldistill_a": Recipe(True, "adaptive", "score", "synthesize"),
+}
+
+
+@dataclass
+class State:
+    """Everything the recipe decided so far; saved after each stage as ``state.json``."""
+
+    stage: int = 0
+    pool: list[str] = field(default_factory=list)            # ids not yet annotated
+    train: list[dict[str, Any]] = field(default_factory=list)  # annotated examples (to_dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)  # plan, selections, spend, metrics
+    synthesized: dict[str, int] = field(default_factory=dict)  # synthesis requests per domain
+
+    @classmethod
+    def load(cls, path: Path) -> "State | None":
+        import json
+
+        if not path.is_file():
+            return None
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.__dict__)
+
+
+def select_head(plan: StagePlan, pool: dict[str, list[DomainExample]], recipe: Recipe,
+                scores: dict[str, float] | None, rng: random.Random) -> dict[str, list[DomainExample]]:
+    """Inputs chosen for annotation in each domain (tail domains take all that is left)."""
+    chosen: dict[str, list[DomainExample]] = {}
+    if recipe.pool_wide and scores is not None:
+        everything = [ex for exs in pool.values() for ex in exs]
+        ranked = sorted(everything, key=lambda ex: (-scores[ex.id], ex.id))[:plan.budget]
+        for ex in ranked:
+            chosen.setdefault(ex.domain, []).append(ex)
+        return chosen
+    for d, q in plan.quotas.items():
+        exs = pool.get(d, [])
+        if d in plan.tail or q >= len(exs):
+            chosen[d] = list(exs)
+        elif scores is not None:
+            chosen[d] = sorted(exs, key=lambda ex: (-scores[ex.id], ex.id))[:q]
+        else:
+            chosen[d] = rng.sample(exs, q)
+    return chosen
+
+
+def report_head_tail(counts: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Head/tail for reporting, the same for every method: a domain is tail when it is smaller
+    than the mean domain (random sampling gives it less than a balanced share)."""
+    mean = sum(counts.values()) / max(len(counts), 1)
+    head = [d for d, n in counts.items() if n >= mean]
+    return head, [d for d in counts if d not in head]
+
+
+def stage_plan(recipe: Recipe, cfg: RunConfig, stage: int, stages: int, budget: int,
+               pool: dict[str, list[DomainExample]], original: dict[str, int]) -> StagePlan:
+    counts = {d: len(pool.get(d, [])) for d in original}
+    return plan_stage(recipe.policy, budget, stage, stages, counts, original,
+                      cfg.method.adaptive_indexing)
+
+
+def plan_budgets(recipe: Recipe, cfg: RunConfig) -> list[int]:
+    """Teacher calls per stage (one stage with everything for single-round baselines)."""
+    stages = cfg.method.stages if recipe.staged else 1
+    return stage_budgets(cfg.method.budget, stages)
+
+
+class BalDistillRun:
+    """One run of BalDistill or a baseline; ``run()`` walks all stages and returns results."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, task: Task, progress: bool = True):
+        self.cfg, self.dir, self.task, self.progress = cfg, run_dir, task, progress
+        self.recipe = RECIPES[cfg.method.name]
+        self.state_path = run_dir.root / "state.json"
+        self.original = task.pool.counts()
+        self.by_id = {ex.id: ex for ex in task.pool}
+        self.head_tail = report_head_tail(self.original)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _pool(self, state: State) -> dict[str, list[DomainExample]]:
+        groups: dict[str, list[DomainExample]] = {d: [] for d in self.original}
+        for i in state.pool:
+            ex = self.by_id[i]
+            groups[ex.domain].append(ex)
+        return groups
+
+    def _student_dir(self, stage: int) -> Path:
+        return self.dir.root / "students" / f"stage-{stage}"
+
+    def _scores(self, stage: int, plan: StagePlan, pool: dict[str, list[DomainExample]]):
+        """Student uncertainty for candidate head inputs (None: select at random)."""
+        if self.recipe.selection != "score" or stage == 1 or self.cfg.method.selection == "random":
+            return None
+        from domdistill.methods.students import load_trained_student
+        from domdistill.selection.scoring import score_examples
+
+        domains = list(pool) if self.recipe.pool_wide else plan.head
+        cap = self.cfg.method.score_candidates
+        rng = random.Random(f"{self.cfg.training.seed}:candidates:{stage}")
+        candidates = []
+        for d in domains:
+            n = len(pool[d]) if cap is None else max(cap, plan.quotas.get(d, 0))
+            candidates += pool[d] if len(pool[d]) <= n else rng.sample(pool[d], n)
+        model, tok = load_trained_student(self._student_dir(stage - 1), for_generation=True)
+        values = score_examples(model, tok, candidates, self.task.template,
+                                method=self.cfg.method.selection,
+                                max_new_tokens=self.cfg.method.score_max_new_tokens,
+                                batch_size=self.cfg.evaluation.batch_size, progress=self.progress)
+        return {ex.id: s for ex, s in zip(candidates, values)}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from domdistill.methods.annotate import Annotator
+
+        start = time.time()
+        state = State.load(self.state_path) or State(pool=[ex.id for ex in self.task.pool])
+        budgets = plan_budgets(self.recipe, self.cfg) if self.recipe.train else []
+        annotator = Annotator(self.cfg, self.dir, self.task) if budgets and self.recipe.rationale else None
+        try:
+            for stage, budget in enumerate(budgets, start=1):
+                if stage > state.stage:
+                    self._run_stage(stage, budget, len(budgets), state, annotator)
+                    state.save(self.state_path)
+        finally:
+            if annotator is not None:
+                annotator.close()
+        return self._results(state, start)
+
+    def _run_stage(self, stage: int, budget: int, n_stages: int, state: State, annotator) -> None:
+        """Select, annotate, retrain, evaluate; records everything in ``state``."""
+        from domdistill.methods.students import evaluate_student, train_student
+
+        clock = {"start": time.time()}
+        rng = random.Random(f"{self.cfg.training.seed}:stage:{stage}")
+        pool = self._pool(state)
+        plan = stage_plan(self.recipe, self.cfg, stage, n_stages, budget, pool, self.original)
+        scores = self._scores(stage, plan, pool)
+        if scores is not None:  # only scored candidates compete
+            pool = {d: [ex for ex in exs if ex.id in scores] if d in plan.head or self.recipe.pool_wide
+                    else exs for d, exs in pool.items()}
+        chosen = select_head(plan, pool, self.recipe, scores, rng)
+        real = [ex for d in chosen for ex in chosen[d]]
+        clock["select"] = time.time()
+        batch, spend = self._annotate(annotator, stage, plan, chosen, real, rng, state)
+        clock["teacher"] = time.time()
+        taken = {ex.id for ex in real}
+        state.pool = [i for i in state.pool if i not in taken]
+        state.train.extend(ex.to_dict() for ex in batch)
+        train_set = [DomainExample.from_dict(d) for d in state.train]
+        new = [DomainExample.from_dict(d) for d in state.train[len(state.train) - len(batch):]]
+        student_dir = self._student_dir(stage)
+        losses = train_student(self.cfg, self.dir, self.task, train_set, stage, student_dir,
+                               with_rationale=self.recipe.rationale, new_examples=new,
+                               progress=self.progress)
+        clock["train"] = time.time()
+        metrics = evaluate_student(self.cfg, self.task, student_dir, self.head_tail,
+                                   progress=self.progress)
+        clock["eval"] = time.time()
+        steps = ["start", "select", "teacher", "train", "eval"]
+        seconds = {k: round(clock[k] - clock[p], 2) for p, k in zip(steps, steps[1:])}
+        state.stages.append({"plan": plan.to_dict(), "selected": {d: [ex.id for ex in v]
+                             for d, v in chosen.items()}, "examples": len(batch),
+                             "train_size": len(train_set), "spend": spend, "training": losses,
+                             "metrics": metrics, "seconds": seconds})
+        state.stage = stage
+
+    def _annotate(self, annotator, stage: int, plan: StagePlan, chosen, real, rng, state: State):
+        """Teacher rationales for chosen real inputs, plus the tail's synthetic/duplicated examples."""
+        if annotator is None:  # labels only: no teacher
+            return list(real), {"real": len(real), "examples": len(real)}
+        return annotator.annotate_stage(stage, plan, chosen, real, self.recipe.tail, rng,
+                                        state.synthesized)
+
+    def _results(self, state: State, start: float) -> dict[str, Any]:
+        from domdistill.evaluation.results import write_results
+        from domdistill.methods.students import evaluate_student
+
+        if state.stages:
+            metrics = state.stages[-1]["metrics"]
+        else:  # zero-shot: the untrained student
+            metrics = evaluate_student(self.cfg, self.task, None, self.head_tail,
+                                       progress=self.progress)
+        budget = None
+        if self.recipe.rationale and self.recipe.train:
+            from domdistill.methods.annotate import ledger_spend
+
+            budget = {"limit": self.cfg.method.budget, **ledger_spend(self.dir)}
+        history = [{"stage": i + 1, "quotas": s["plan"]["quotas"], "head": s["plan"]["head"],
+                    "tail": s["plan"]["tail"], "examples": s["examples"],
+                    "train_size": s["train_size"], "spend": s["spend"], "macro": s["metrics"]["macro"],
+                    "micro": s["metrics"]["micro"], "head_metrics": s["metrics"]["head"],
+                    "tail_metrics": s["metrics"]["tail"], "loss": s["training"],
+                    "seconds": s.get("seconds", {})}
+                   for i, s in enumerate(state.stages)]
+        return write_results(self.dir.results, self.cfg.method.name, metrics,
+                             wall_seconds=time.time() - start, budget=budget, history=history,
+                             dataset={"name": self.task.name, "pool": len(self.task.pool),
+                                      "test": len(self.task.test), "domains": len(self.original),
+                                      "domain_counts": self.original,
+                                      "duplicates_dropped": self.task.duplicates_dropped},
+                             student={"model": self.cfg.student.model, "lora": self.cfg.student.lora},
+                             teacher={"kind": self.cfg.teacher.kind, "model": self.cfg.teacher.model},
+                             answer_filter=self.cfg.method.answer_filter,
+                             head_domains=self.head_tail[0], tail_domains=self.head_tail[1])

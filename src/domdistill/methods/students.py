@@ -1,0 +1,96 @@
+"""Student life-cycle shared by the recipes: build, fine-tune, save, reload, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from domdistill.config import RunConfig
+from domdistill.data.example import DomainExample
+from domdistill.io import atomic_dir
+from domdistill.methods.task import Task
+from domdistill.runs import RunDir
+
+
+def tokenizer_texts(task: Task) -> list[str]:
+    """Texts a tiny preset's tokenizer is trained on: the pool as the student will see it."""
+    t = task.template
+    return [t.prompt(ex.input) + t.completion(ex.rationale, ex.answer) for ex in task.pool]
+
+
+def base_student(cfg: RunConfig, run_dir: RunDir, task: Task, for_generation: bool = False):
+    """A fresh copy of the base student (tiny presets are built once and cached in the run)."""
+    from domdistill.models.loading import load_student
+
+    return load_student(cfg.student, texts=tokenizer_texts(task), cache_dir=run_dir.root / "models",
+                        for_generation=for_generation)
+
+
+def load_trained_student(path: str | Path, for_generation: bool = False):
+    """Reload a saved student; a LoRA adapter folder is merged into its base for inference."""
+    from domdistill.models.loading import load_model_and_tokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+        from transformers import AutoTokenizer
+
+        from domdistill.models.loading import prepare_tokenizer
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
+        return model, prepare_tokenizer(AutoTokenizer.from_pretrained(path), for_generation)
+    return load_model_and_tokenizer(path, for_generation=for_generation)
+
+
+def save_student(model: Any, tokenizer: Any, path: Path) -> None:
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[DomainExample],
+                  stage: int, student_dir: Path, with_rationale: bool = True,
+                  new_examples: list[DomainExample] | None = None,
+                  progress: bool = True) -> list[tuple[int, float]]:
+    """Fine-tune a student for one stage and save it to ``student_dir``; returns the loss log.
+
+    ``fresh`` retraining (default, as the authors' code) starts from the base model on the whole
+    cumulative set; ``continue`` starts from the previous stage's student on the new examples.
+    A stage whose student is already saved is not trained again (resume); an interrupted one
+    continues from its latest complete checkpoint.
+    """
+    from domdistill.training.sft import train_sft
+
+    if (student_dir / "config.json").is_file() or (student_dir / "adapter_config.json").is_file():
+        return []
+    previous = student_dir.parent / f"stage-{stage - 1}"
+    if cfg.method.retrain == "continue" and stage > 1 and previous.is_dir():
+        model, tok = load_trained_student(previous)
+        from domdistill.models.loading import apply_training_options
+
+        model = apply_training_options(model, cfg.student)
+        examples = new_examples if new_examples is not None else train_set
+    else:
+        model, tok = base_student(cfg, run_dir, task)
+        examples = train_set
+    pairs = [task.template.pair(ex, with_rationale=with_rationale) for ex in examples]
+    result = train_sft(model, tok, pairs, cfg.training, run_dir.checkpoints / f"stage-{stage}",
+                       resume=True, method_state={"stage": stage}, progress=progress)
+    save_student(result.model if result.model is not None else model, tok, student_dir)
+    return [(int(s), float(v)) for s, v in result.losses]
+
+
+def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,
+                     head_tail: tuple[list[str], list[str]], progress: bool = True) -> dict[str, Any]:
+    """Per-domain metrics of a saved student (``None``: the untrained base student)."""
+    from domdistill.evaluation.metrics import evaluate_model
+
+    if student_dir is None:
+        from domdistill.models.loading import load_student
+
+        model, tok = load_student(cfg.student, texts=tokenizer_texts(task), for_generation=True)
+    else:
+        model, tok = load_trained_student(student_dir, for_generation=True)
+    head, tail = head_tail
+    return evaluate_model(model, tok, task.test, task.task, task.template, cfg.evaluation,
+                          labels=task.labels, head=head, tail=tail, progress=progress)

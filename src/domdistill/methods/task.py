@@ -1,0 +1,74 @@
+"""The task a run works on: the training pool, the test set, the task type and its template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domdistill.config import DataConfig
+from domdistill.data.example import DomainDataset
+from domdistill.data.templates import StudentTemplate
+from domdistill.errors import ConfigError
+
+
+def drop_duplicate_inputs(dataset: DomainDataset) -> tuple[DomainDataset, int]:
+    """Keep the first of examples with the same domain and input: annotating one input twice
+    would pay the teacher for nothing (the ledger would serve the second from cache)."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for ex in dataset:
+        key = (ex.domain, ex.input)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return dataset.subset(kept), len(dataset) - len(kept)
+
+
+@dataclass
+class Task:
+    """Pool (unlabelled inputs with gold answers), test set, task type and student template."""
+
+    pool: DomainDataset
+    test: DomainDataset
+    task: str
+    labels: list[str] | None
+    template: StudentTemplate
+    duplicates_dropped: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.pool.name
+
+
+def load_task(cfg: DataConfig) -> Task:
+    """Load pool and test set as ``cfg`` says (a separate test file, or a stratified split)."""
+    from domdistill.data.domains import stratified_split, zipf_resample
+    from domdistill.data.loaders import load_dataset
+
+    if cfg.path == "builtin" or cfg.format == "builtin":
+        from domdistill.data.builtin import builtin_dataset, builtin_test_set
+
+        pool = builtin_dataset(size=cfg.builtin_size, seed=cfg.seed)
+        test = builtin_test_set(per_domain=cfg.max_test_per_domain or 30, seed=cfg.seed + 1)
+        pool, dropped = drop_duplicate_inputs(pool)
+        return Task(pool, test, "builtin", None, StudentTemplate.for_task("builtin"), dropped)
+
+    pool = load_dataset(cfg.path, format=cfg.format, fields=cfg.fields, split=cfg.split,
+                        label_set=cfg.label_set)
+    if cfg.test_path:
+        test = load_dataset(cfg.test_path, format=cfg.test_format, fields=cfg.fields,
+                            split="test" if cfg.split == "train" else cfg.split,
+                            label_set=cfg.label_set)
+    else:
+        pool, _, test = stratified_split(pool, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if cfg.zipf_alpha:
+        pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed)
+    if cfg.max_test_per_domain:
+        test = test.subset([ex for d, exs in test.by_domain.items()
+                            for ex in exs[:cfg.max_test_per_domain]])
+    pool, dropped = drop_duplicate_inputs(pool)
+    if not len(pool):
+        raise ConfigError("the training pool is empty", path=cfg.path, field="data.path")
+    labels = cfg.label_set
+    if cfg.task == "classification" and labels is None:
+        labels = sorted(set(pool.domains) | set(test.domains))
+    return Task(pool, test, cfg.task, labels, StudentTemplate.for_task(cfg.task, labels), dropped)
