@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,8 +214,8 @@ class BalDistillRun:
 
     def _annotate(self, annotator, stage: int, plan: StagePlan, chosen, real, rng, state: State):
         """Teacher rationales for chosen real inputs, plus the tail's synthetic/duplicated examples."""
-        if annotator is None:  # labels only: no teacher
-            return list(real), {"real": len(real), "examples": len(real)}
+        if annotator is None:  # gold labels only: no teacher, no reference rationale either
+            return [replace(ex, rationale=None) for ex in real], {"real": len(real), "examples": len(real)}
         return annotator.annotate_stage(stage, plan, chosen, real, self.recipe.tail, rng,
                                         state.synthesized)
 

@@ -1,0 +1,5 @@
+"""``python -m domdistill.cli``."""
+
+from domdistill.cli import main
+
+main()
