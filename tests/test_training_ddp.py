@@ -1,4 +1,9 @@
-"""Two CPU processes (gloo DDP via torchrun) give the single-process loss curve at the same global batch."""
+"""Two CPU processes (gloo DDP via ``accelerate launch``) give the single-process loss curve at the
+same global batch.
+
+On a machine without GPUs, ``accelerate launch --multi_gpu --num_processes 2`` starts two processes
+that train over gloo (``--cpu`` makes accelerate 1.x start a single process).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +28,10 @@ def test_two_processes_match_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(WORKER), str(one), "--batch", "8", *common], env=env, check=True,
                    capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
-    subprocess.run([*torchrun, str(WORKER), str(two), "--batch", "4", *common], env=env, check=True,
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29541"]
+    subprocess.run([*launch, str(WORKER), str(two), "--batch", "4", *common], env=env, check=True,
                    capture_output=True)
     a = json.loads((one / "result.json").read_text())["losses"]
     b = json.loads((two / "result.json").read_text())["losses"]

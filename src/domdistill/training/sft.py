@@ -82,6 +82,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: str | Path, progress: bo
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
     )
     if not torch.cuda.is_available():
         kwargs["use_cpu"] = True
