@@ -181,7 +181,10 @@ class OutputConfig(Section):
 
     dir: str = "runs/run"
     overwrite: bool = False
-    tracking: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    tracking: list[Literal["tensorboard", "wandb"]] | None = Field(
+        None, description="Experiment trackers for per-domain metrics, domain weights and spend "
+                          "(logs/tensorboard; wandb uses WANDB_PROJECT). Unset: TensorBoard when "
+                          "installed; [] for none")
 
 
 class RunConfig(Section):

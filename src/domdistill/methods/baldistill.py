@@ -158,18 +158,22 @@ class BalDistillRun:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from domdistill.evaluation.tracking import Tracker
         from domdistill.methods.annotate import Annotator
 
         start = time.time()
         state = State.load(self.state_path) or State(pool=[ex.id for ex in self.task.pool])
         budgets = plan_budgets(self.recipe, self.cfg) if self.recipe.train else []
+        tracker = Tracker.from_config(self.cfg, self.dir.root)
         annotator = Annotator(self.cfg, self.dir, self.task) if budgets and self.recipe.rationale else None
         try:
             for stage, budget in enumerate(budgets, start=1):
                 if stage > state.stage:
                     self._run_stage(stage, budget, len(budgets), state, annotator)
                     state.save(self.state_path)
+                    tracker.log_stage(stage, state.stages[-1])
         finally:
+            tracker.close()
             if annotator is not None:
                 annotator.close()
         return self._results(state, start)
