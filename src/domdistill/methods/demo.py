@@ -45,29 +45,7 @@ def run_demo(out: str | Path, method: str = "baldistill", overwrite: bool = Fals
 
 
 def write_demo_report(out: Path, runs: dict[str, dict]) -> None:
-    """A short Markdown report: aggregates and the per-domain table."""
-    from domdistill.io import atomic_write_text
+    """The comparison report (``out/report.md``, ``report.html``, plots) over the demo's run folders."""
+    from domdistill.evaluation.report import write_report
 
-    first = next(iter(runs.values()))
-    names = list(runs)
-    lines = ["# domdistill demo", "",
-             "Built-in long-tailed task, program teacher, tiny student (CPU). Same teacher-call "
-             "budget for every method; the answer filter is on (teacher answers that disagree with "
-             "the gold or intended label are dropped).", "",
-             "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for block in ("macro", "micro", "head", "tail"):
-        lines.append(f"| {block} accuracy | " + " | ".join(
-            f"{runs[n]['metrics'][block].get('accuracy', float('nan')):.3f}" for n in names) + " |")
-    lines.append("| teacher calls | " + " | ".join(
-        str(runs[n].get("budget", {}).get("spent", "-")) for n in names) + " |")
-    lines += ["", "| domain | pool | test n | split | " + " | ".join(names) + " |",
-              "|---|---|---|---|" + "---|" * len(names)]
-    head = set(first.get("head_domains", []))
-    counts = first.get("dataset", {}).get("domain_counts", {})
-    per = first["metrics"]["per_domain"]
-    for d in sorted(per, key=lambda d: (-counts.get(d, 0), d)):
-        m = per[d]
-        lines.append(f"| {d} | {counts.get(d, '')} | {m.get('n', '')} | {'head' if d in head else 'tail'} | " + " | ".join(
-            f"{runs[n]['metrics']['per_domain'][d].get('accuracy', float('nan')):.3f}" for n in names)
-            + " |")
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    write_report([out / name for name in runs], out)
