@@ -61,10 +61,10 @@ KDChunkFn = Callable[[slice, Tensor, Tensor, Tensor], Tensor]
 
 
 def _mm_into(out: Tensor, a: Tensor, b_t: Tensor) -> Tensor:
-    """``out = a @ b_t.T`` in ``out``'s dtype (upcasting half-precision inputs)."""
+    """``out = a @ b_t.T``; with other dtypes the product runs in the weight's dtype, upcast."""
     if a.dtype == out.dtype and b_t.dtype == out.dtype:
         return torch.mm(a, b_t.t(), out=out)
-    return out.copy_(a @ b_t.to(a.dtype).t())
+    return out.copy_(a.to(b_t.dtype) @ b_t.t())
 
 
 def _chunked_pass(h: Tensor, w: Tensor, labels: Tensor, kd_chunk: KDChunkFn, *,
@@ -104,7 +104,7 @@ def _chunked_pass(h: Tensor, w: Tensor, labels: Tensor, kd_chunk: KDChunkFn, *,
         g.add_(q if temperature == 1.0 else ce_buf[:m], alpha=1.0 / n_norm)
         g.scatter_add_(1, lab, torch.full((m, 1), -1.0 / n_norm, dtype=g.dtype))
         if want_dh:
-            dh[rows] = (g @ w.to(g.dtype)).to(h.dtype)
+            dh[rows] = (g @ w if w.dtype == g.dtype else g.to(w.dtype) @ w).to(h.dtype)
         if want_dw:
             dw.addmm_(g.t(), hc.to(g.dtype))
     return ce_sum, kd_sum, dh, dw
