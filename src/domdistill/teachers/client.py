@@ -318,6 +318,8 @@ class TeacherClient:
                 last = e
             except TeacherError as e:  # e.g. a recorded teacher with no record: never invent one
                 last = CallError(str(e))
+            except Exception as e:  # anything else a back-end raises: a dead letter, never a lost row
+                last = CallError(f"{type(e).__name__}: {e}", maybe_billed=True)
             if last.stop:
                 self._set_stop(f"the teacher refused the request ({last}); fix the cause (API key, "
                                "quota) and run again: delivered answers are reused from the ledger.")

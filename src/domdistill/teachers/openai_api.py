@@ -58,9 +58,13 @@ class OpenAITeacher:
         except openai.APIConnectionError as e:
             raise CallError(self._clean(f"connection error: {e}"), retryable=True,
                             maybe_billed=True) from None
+        except (ValueError, openai.APIResponseValidationError) as e:  # a body that is not a completion
+            raise CallError(self._clean(f"unreadable response body ({type(e).__name__}: {e})"),
+                            retryable=True, maybe_billed=True) from None
         choice = resp.choices[0] if resp.choices else None
-        if choice is None or choice.message.content is None:
-            raise CallError("the server answered with no message content", retryable=True)
+        if choice is None or not (choice.message.content or "").strip():
+            raise CallError("the server answered with an empty completion", retryable=True,
+                            maybe_billed=True)
         usage = resp.usage
         logprobs = None
         if choice.logprobs is not None and choice.logprobs.content:
