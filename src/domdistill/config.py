@@ -133,6 +133,15 @@ class MethodConfig(Section):
     interval_steps: int = Field(10, gt=0)
     smoothing_alpha: float = Field(0.5, ge=0, le=1)
     val_per_domain: int = Field(500, gt=0)
+    init_mixture: Literal["natural", "uniform", "r0"] = Field(
+        "natural", description="DDK: mixture of the first interval (r0 = Eq. 1 of the initial student)")
+    weight_update: Literal["ddk", "doremi"] = Field(
+        "ddk", description="DDK: Eq. 2 (perplexity ratio) or a DoReMi-style excess-loss step")
+    interval_sampling: Literal["categorical", "largest_remainder"] = Field(
+        "categorical", description="DDK: draw each interval's domains i.i.d. or as exact counts")
+    teacher_logits: Literal["online", "offline"] = Field(
+        "online", description="Logit KD: run the teacher every step, or train from cached top-k")
+    topk: int = Field(64, gt=0, description="Offline teacher logits: log-probs kept per token")
 
     @model_validator(mode="after")
     def _stages_fit_budget(self) -> "MethodConfig":
