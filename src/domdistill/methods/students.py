@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,17 @@ def load_trained_student(path: str | Path, for_generation: bool = False):
     return load_model_and_tokenizer(path, for_generation=for_generation)
 
 
-def save_student(model: Any, tokenizer: Any, path: Path) -> None:
+LOSSES = "training_losses.json"
+
+
+def save_student(model: Any, tokenizer: Any, path: Path,
+                 losses: list[tuple[int, float]] | None = None) -> None:
+    """Save model and tokenizer as one folder (complete or absent), with the loss log if given."""
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if losses is not None:
+            (tmp / LOSSES).write_text(json.dumps(losses), encoding="utf-8")
 
 
 def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[DomainExample],
@@ -62,7 +70,8 @@ def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[D
     from domdistill.training.sft import train_sft
 
     if (student_dir / "config.json").is_file() or (student_dir / "adapter_config.json").is_file():
-        return []
+        saved = student_dir / LOSSES  # trained before a crash: the same log as then
+        return [(int(s), float(v)) for s, v in json.loads(saved.read_text())] if saved.is_file() else []
     previous = student_dir.parent / f"stage-{stage - 1}"
     if cfg.method.retrain == "continue" and stage > 1 and previous.is_dir():
         model, tok = load_trained_student(previous)
@@ -76,8 +85,9 @@ def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[D
     pairs = [task.template.pair(ex, with_rationale=with_rationale) for ex in examples]
     result = train_sft(model, tok, pairs, cfg.training, run_dir.checkpoints / f"stage-{stage}",
                        resume=True, method_state={"stage": stage}, progress=progress)
-    save_student(result.model if result.model is not None else model, tok, student_dir)
-    return [(int(s), float(v)) for s, v in result.losses]
+    losses = [(int(s), float(v)) for s, v in result.losses]
+    save_student(result.model if result.model is not None else model, tok, student_dir, losses)
+    return losses
 
 
 def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,
