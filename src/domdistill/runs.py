@@ -51,6 +51,15 @@ class RunDir:
         return latest_checkpoint(self.checkpoints / subdir if subdir else self.checkpoints)
 
 
+def remove_stray_temporaries(root: Path) -> list[Path]:
+    """Delete what an interrupted atomic write left behind (``.NAME.XXXX.tmp`` files and folders);
+    the file or folder it was writing is unchanged. Returns what was removed."""
+    stray = [p for p in root.rglob(".*.tmp") if p.name.count(".") >= 3]
+    for p in stray:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stray
+
+
 def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> RunDir:
     """Create (or reopen) a run folder and its ``logs/``.
 
@@ -70,6 +79,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool = False, resume: bool = Fa
         if not (root / "config.yaml").exists() and not (root / "checkpoints").is_dir():
             raise RunFolderError(f"{root}: not a run folder (no config.yaml or checkpoints/); "
                                  "refusing to resume into it")
+        remove_stray_temporaries(root)
     elif occupied:
         if not overwrite:
             raise RunFolderError(f"{root}: run folder already exists and is not empty; pass "
