@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import sys
 
 import typer
@@ -42,3 +44,21 @@ def main() -> None:
         err_console.print("[bold red]error:[/]", end=" ")
         err_console.print(str(e), highlight=False, markup=False)
         sys.exit(2)
+    except (OSError, sqlite3.OperationalError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        err_console.print("[bold red]error:[/]", end=" ")
+        err_console.print(f"could not write to disk ({e}): the disk is full or a file size limit "
+                          "was reached. Every file keeps its last complete version; free space "
+                          "and run the same command with --resume.", highlight=False, markup=False)
+        sys.exit(2)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An out-of-space error: ENOSPC/EFBIG/EDQUOT, SQLite's 'full' / 'disk I/O' failure, or
+    torch.save's failed write (it reports a short write as a RuntimeError)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    words = ("database or disk is full", "disk I/O error") if isinstance(e, sqlite3.Error) else \
+        ("file write failed", "unexpected pos")
+    return any(w in str(e) for w in words)

@@ -16,6 +16,7 @@ from typing import IO, Any
 from domdistill.data.example import DomainDataset, DomainExample
 from domdistill.errors import InputError
 
+MAX_LINE_BYTES = 16 * 2**20  # longer lines are an error, not a memory spike
 _SUFFIXES = (".gz", ".jsonl", ".json", ".csv", ".tsv", ".txt", ".tar", ".tgz", ".parquet", ".arrow")
 
 
@@ -47,12 +48,17 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, text)`` one line at a time (1-based, newline stripped).
 
     Non-UTF-8 bytes raise an InputError naming the line and the byte offset in the file
-    (for ``.gz`` files, in the uncompressed stream). A truncated gzip stream is an error too.
+    (for ``.gz`` files, in the uncompressed stream). A truncated gzip stream is an error too, and
+    so is a line longer than ``MAX_LINE_BYTES`` (read no further than that).
     """
     offset = 0
     with open_binary(path) as f:
         try:
-            for number, raw in enumerate(f, start=1):
+            for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+                if len(raw) > MAX_LINE_BYTES:
+                    raise InputError(f"line is longer than {MAX_LINE_BYTES // 2**20} MiB (a file "
+                                     "without line breaks, or not a text data file?)",
+                                     path=path, line=number)
                 try:
                     text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError as err:
