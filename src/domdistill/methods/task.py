@@ -59,6 +59,13 @@ def load_task(cfg: DataConfig) -> Task:
                             split="test" if cfg.split == "train" else cfg.split,
                             label_set=cfg.label_set)
     else:
+        single = sorted(d for d, n in pool.counts().items() if n < 2)
+        if single:
+            raise ConfigError(f"domain(s) with a single example: {', '.join(single[:10])}"
+                              f"{' ...' if len(single) > 10 else ''}. The test set is split off "
+                              "each domain, so every domain needs at least 2 examples (one to "
+                              "train, one to test); add examples, drop these domains, or give "
+                              "data.test_path", path=cfg.path, field="domain")
         pool, _, test = stratified_split(pool, test_fraction=cfg.test_fraction, seed=cfg.seed)
     if cfg.zipf_alpha:
         pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed)
