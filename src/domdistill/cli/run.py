@@ -84,7 +84,13 @@ def print_results(runs: dict[str, dict[str, Any]]) -> None:
     first = next(iter(runs.values()))
     metric = "accuracy" if "accuracy" in first["metrics"]["macro"] else next(iter(first["metrics"]["macro"]))
     head = set(first.get("head_domains", []))
-    table = Table(title=f"per-domain {metric}")
+    ratio = metric == "perplexity" and "ppl_ratio" in first["metrics"]["macro"]
+
+    def cell(block: dict[str, Any]) -> str:  # perplexity runs show the student/teacher ratio too
+        text = f"{block.get(metric, float('nan')):.3f}"
+        return f"{text} ({block['ppl_ratio']:.2f}x)" if ratio and "ppl_ratio" in block else text
+
+    table = Table(title=f"per-domain {metric}" + (" (student/teacher ratio)" if ratio else ""))
     table.add_column("domain")
     table.add_column("pool", justify="right")
     table.add_column("test n", justify="right")
@@ -96,11 +102,10 @@ def print_results(runs: dict[str, dict[str, Any]]) -> None:
     for d in sorted(per, key=lambda d: (-counts.get(d, 0), d)):
         kind = "head" if d in head else "tail"
         table.add_row(d, str(counts.get(d, "")), str(per[d].get("n", "")), kind,
-                      *[f"{r['metrics']['per_domain'].get(d, {}).get(metric, float('nan')):.3f}"
-                        for r in runs.values()])
+                      *[cell(r["metrics"]["per_domain"].get(d, {})) for r in runs.values()])
     for block in ("macro", "micro", "head", "tail"):
         table.add_row(f"[bold]{block}", "", "", "",
-                      *[f"[bold]{r['metrics'][block].get(metric, float('nan')):.3f}" for r in runs.values()])
+                      *[f"[bold]{cell(r['metrics'][block])}" for r in runs.values()])
     spent = [str(r.get("budget", {}).get("spent", "-")) for r in runs.values()]
     table.add_row("teacher calls", "", "", "", *spent)
     console.print(table)
