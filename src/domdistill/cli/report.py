@@ -21,7 +21,8 @@ def report_command(
     from domdistill.evaluation.report import PLOTS_DIR, write_report
 
     md = write_report(run_dirs, out)
-    console = Console()
+    console = Console(soft_wrap=True, highlight=False)
     plots = sorted((md.parent / PLOTS_DIR).glob("*.png"))
-    console.print(f"wrote {md}, {md.with_suffix('.html')} and {len(plots)} plots in "
-                  f"{md.parent / PLOTS_DIR}: {', '.join(p.name for p in plots)}", highlight=False)
+    console.print(f"wrote {md}")
+    console.print(f"wrote {md.with_suffix('.html')} (self-contained)")
+    console.print(f"wrote {len(plots)} plots in {md.parent / PLOTS_DIR}: {', '.join(p.name for p in plots)}")

@@ -103,7 +103,7 @@ def budget(runs: Sequence["Run"], path: Path) -> Path | None:
         return None
     domains = _domain_order(runs)
     stages = sorted({s for r in runs for row in r.spend_by_domain_stage.values() for s in row})
-    fig = _figure(max(6.0, 4.4 * len(runs)), 1.6 + ROW_INCHES * len(domains))
+    fig = _figure(max(6.0, 4.4 * len(runs)), max(3.0, 1.6 + ROW_INCHES * len(domains)))
     axes = _grid(fig, len(runs), ncols=len(runs), sharey=True)
     cmap = colormaps["viridis"]
     ys = list(range(len(domains)))
@@ -165,7 +165,7 @@ def ddk_training(runs: Sequence["Run"], path: Path) -> Path | None:
     if not runs:
         return None
     domains = _domain_order(runs)
-    fig = _figure(12, len(runs) * (1.6 + ROW_INCHES * len(domains)))
+    fig = _figure(12, len(runs) * max(3.0, 1.6 + ROW_INCHES * len(domains)))
     axes = fig.subplots(len(runs), 2, squeeze=False)
     for (ax_w, ax_r), run in zip(axes, runs):
         hist = run.interval_history
@@ -174,6 +174,10 @@ def ddk_training(runs: Sequence["Run"], path: Path) -> Path | None:
         ratios = [[_ratio(h, d) for h in hist] for d in domains]
         for ax, grid, title, cmap in ((ax_w, weights, "domain weight", "viridis"),
                                       (ax_r, ratios, "student / teacher perplexity", "magma")):
+            if all(math.isnan(v) for row in grid for v in row):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{run.label}: no {title} recorded", ha="center", transform=ax.transAxes)
+                continue
             im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap)
             fig.colorbar(im, ax=ax, shrink=0.8, label=title)
             ax.set_title(f"{run.label}: {title}")
@@ -228,8 +232,10 @@ def _tag(domain: str, run: "Run") -> str:
 
 
 def _ratio(entry: dict[str, Any], domain: str) -> float:
-    s = entry.get("student_ppl", {}).get(domain)
-    t = entry.get("teacher_ppl", {}).get(domain)
+    if (entry.get("ratio") or {}).get(domain) is not None:
+        return float(entry["ratio"][domain])
+    s = (entry.get("student_ppl") or {}).get(domain)
+    t = (entry.get("teacher_ppl") or {}).get(domain)
     return s / t if s is not None and t else float("nan")
 
 

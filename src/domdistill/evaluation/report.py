@@ -87,6 +87,11 @@ class Run:
                 if isinstance(h.get("loss"), list) and h["loss"]]
         if segs:
             return segs
+        logged = (self.results.get("training") or {}).get("losses") or []
+        pts = [(float(e["step"]), float(e["loss"])) for e in logged
+               if isinstance(e, dict) and isinstance(e.get("loss"), (int, float)) and "step" in e]
+        if pts:  # DDK: every logged optimizer step
+            return [("training", pts)]
         pts = [(float(h["step"]), float(h["loss"])) for h in self.interval_history
                if isinstance(h.get("loss"), (int, float)) and "step" in h]
         return [("training", pts)] if pts else []
