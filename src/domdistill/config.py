@@ -266,6 +266,10 @@ def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RunConfi
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", path=source)
     try:
         return RunConfig.model_validate(expand_env(raw))
+    except ConfigError as err:
+        if source is None or err.path is not None:
+            raise
+        raise ConfigError(err.reason, path=source, field=err.field) from None
     except ValidationError as err:
         raise format_validation_error(err, RunConfig, source) from None
 
@@ -294,4 +298,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the (secret-free) config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.redacted(), sort_keys=False), encoding="utf-8")
+    from domdistill.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.redacted(), sort_keys=False))
