@@ -79,3 +79,14 @@ def test_overrides_and_round_trip(tmp_path):
     save_config(cfg, out)
     assert load_config(out) == cfg
     assert "api_key_env" in yaml.safe_load(out.read_text())["teacher"]
+
+
+def test_example_tiny_config_is_the_demo():
+    from pathlib import Path
+
+    from domdistill.methods.demo import DEMO_BALDISTILL
+
+    example = load_config(Path(__file__).resolve().parents[1] / "examples" / "tiny-baldistill.yaml")
+    demo = config_from_dict(DEMO_BALDISTILL)
+    for section in ("data", "teacher", "student", "method", "training", "evaluation"):
+        assert getattr(example, section) == getattr(demo, section), section

@@ -8,12 +8,12 @@ from typing import Any
 from domdistill.config import RunConfig, config_from_dict
 
 DEMO_BALDISTILL: dict[str, Any] = {
-    "data": {"path": "builtin", "builtin_size": 2000, "max_test_per_domain": 20, "seed": 0},
+    "data": {"path": "builtin", "builtin_size": 2000, "max_test_per_domain": 30, "seed": 0},
     "teacher": {"kind": "program", "model": "program"},
     "student": {"model": "micro"},
-    "method": {"name": "baldistill_a", "budget": 560, "stages": 3, "score_max_new_tokens": 40,
+    "method": {"name": "baldistill_a", "budget": 840, "stages": 3, "score_max_new_tokens": 40,
                "score_candidates": 48},
-    "training": {"epochs": 12, "learning_rate": 5e-3, "batch_size": 32, "max_seq_len": 96,
+    "training": {"epochs": 15, "learning_rate": 5e-3, "batch_size": 32, "max_seq_len": 96,
                  "warmup_ratio": 0.05, "schedule": "cosine", "max_grad_norm": 1.0,
                  "cpu_threads": 1, "save_total_limit": 1},
     "evaluation": {"max_new_tokens": 40, "batch_size": 64, "bootstrap": 200},
