@@ -76,10 +76,10 @@ def _chunked_pass(h: Tensor, w: Tensor, labels: Tensor, kd_chunk: KDChunkFn, *,
     n, v = h.shape[0], w.shape[0]
     s_buf, lq_buf, q_buf = workspace["s"], workspace["lq"], workspace["q"]
     ce_buf = workspace.get("ce_q")
-    dh = torch.empty(n, w.shape[1], dtype=h.dtype) if want_dh else None
-    dw = torch.zeros(w.shape, dtype=s_buf.dtype) if want_dw else None
-    ce_sum = torch.zeros((), dtype=s_buf.dtype)
-    kd_sum = torch.zeros((), dtype=s_buf.dtype)
+    dh = torch.empty(n, w.shape[1], dtype=h.dtype, device=h.device) if want_dh else None
+    dw = torch.zeros(w.shape, dtype=s_buf.dtype, device=h.device) if want_dw else None
+    ce_sum = torch.zeros((), dtype=s_buf.dtype, device=h.device)
+    kd_sum = torch.zeros((), dtype=s_buf.dtype, device=h.device)
     t2 = temperature ** 2
     for r0 in range(0, n, chunk_size):
         rows = slice(r0, min(n, r0 + chunk_size))
@@ -102,7 +102,7 @@ def _chunked_pass(h: Tensor, w: Tensor, labels: Tensor, kd_chunk: KDChunkFn, *,
             continue
         g.mul_(gamma * temperature / n_norm)
         g.add_(q if temperature == 1.0 else ce_buf[:m], alpha=1.0 / n_norm)
-        g.scatter_add_(1, lab, torch.full((m, 1), -1.0 / n_norm, dtype=g.dtype))
+        g.scatter_add_(1, lab, torch.full((m, 1), -1.0 / n_norm, dtype=g.dtype, device=g.device))
         if want_dh:
             dh[rows] = (g @ w if w.dtype == g.dtype else g.to(w.dtype) @ w).to(h.dtype)
         if want_dw:
@@ -147,9 +147,9 @@ def _sparse_teacher(ids: Tensor, logprobs: Tensor) -> KDChunkFn:
     return chunk
 
 
-def _workspace(rows: int, vocab: int, dtype: torch.dtype, names: tuple[str, ...]
-               ) -> dict[str, Tensor]:
-    return {k: torch.empty(rows, vocab, dtype=dtype) for k in names}
+def _workspace(rows: int, vocab: int, dtype: torch.dtype, names: tuple[str, ...],
+               device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    return {k: torch.empty(rows, vocab, dtype=dtype, device=device) for k in names}
 
 
 class _ChunkedKD(torch.autograd.Function):
@@ -164,7 +164,7 @@ class _ChunkedKD(torch.autograd.Function):
         cdtype = torch.promote_types(h.dtype, torch.float32)
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         names = ("s", "lq", "q") + ws_extra + (("ce_q",) if temperature != 1.0 else ())
-        ws = _workspace(min(chunk_size, max(n, 1)), v, cdtype, names)
+        ws = _workspace(min(chunk_size, max(n, 1)), v, cdtype, names, h.device)
         ce, kd, dh, dw = _chunked_pass(
             h[kept], w[:v], labels[kept], make_kd(kept, ws), temperature=temperature,
             gamma=gamma, chunk_size=chunk_size, n_norm=max(n, 1), want_dh=want_dh,
