@@ -178,3 +178,15 @@ def test_kd_without_a_model_teacher_is_a_config_error(tmp_path):
                             "method": {"name": "kd"}, "output": {"dir": str(tmp_path / "r")}})
     with pytest.raises(ConfigError, match="teacher.kind"):
         run_config(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_demo_ddk_beats_kd_on_mean_and_worst_ratio(tmp_path):
+    from domdistill.methods.ddk import run_ddk_demo
+
+    runs = run_ddk_demo(tmp_path / "demo")
+    kd, ddk = runs["kd"]["metrics"]["macro"], runs["ddk"]["metrics"]["macro"]
+    assert ddk["ppl_ratio"] < kd["ppl_ratio"]
+    assert ddk["worst_ppl_ratio"] < kd["worst_ppl_ratio"]
+    assert runs["kd"]["training"]["steps"] == runs["ddk"]["training"]["steps"]
+    assert (tmp_path / "demo" / "ddk" / "domain_weights.png").is_file()

@@ -78,6 +78,12 @@ class DDKRun:
                                         cache_dir=self.dir.root / "models")
         if teacher is not None:
             check_kd_compatible(t_tok, tok, teacher.config, student.config)
+        import torch
+
+        if torch.cuda.is_available():  # perplexities are measured before the Trainer moves them
+            teacher = teacher.to("cuda") if teacher is not None else None
+            if not getattr(student, "is_loaded_in_4bit", False):
+                student = student.to("cuda")
         return student, tok, teacher
 
     # -- the recipe -------------------------------------------------------------------------
