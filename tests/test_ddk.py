@@ -167,8 +167,7 @@ def test_incompatible_student_tokenizer_fails_before_training(teacher, tmp_path)
     cfg.student.model = str(tmp_path / "student")
     with pytest.raises(ConfigError, match="tokenizer"):
         run_config(cfg, progress=False)
-    assert not (tmp_path / "run" / "teacher_ppl.json").exists()
-    assert not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert not (tmp_path / "run").exists()  # checked before the run folder is made
 
 
 def test_kd_without_a_model_teacher_is_a_config_error(tmp_path):

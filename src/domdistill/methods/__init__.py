@@ -23,6 +23,7 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
 
         torch.set_num_threads(cfg.training.cpu_threads)
     task = load_task(cfg.data)  # bad data fails here, before any folder is touched
+    check_models(cfg)
     run_dir = prepare_run_dir(out or cfg.output.dir,
                               overwrite=cfg.output.overwrite if overwrite is None else overwrite,
                               resume=resume)
@@ -34,3 +35,36 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
     from domdistill.methods.ddk import run_ddk
 
     return run_ddk(cfg, run_dir, task, progress=progress)
+
+
+def check_models(cfg: RunConfig) -> None:
+    """Before a run folder exists: a logit-KD teacher (and a student that is no tiny preset) can
+    be found, and their tokenizers and vocabularies are compatible."""
+    if cfg.method.name not in DDK_FAMILY or cfg.method.name == "cpt" or cfg.method.gamma <= 0 \
+            or cfg.teacher.kind != "hf":
+        return
+    from domdistill.errors import ConfigError
+    from domdistill.models.compat import check_kd_compatible
+    from domdistill.models.loading import is_tiny_preset
+
+    def describe(name: str, field: str):
+        from transformers import AutoConfig, AutoTokenizer
+
+        looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+        if looks_local and not Path(name).expanduser().exists():
+            raise ConfigError(f"model folder {name!r} does not exist", field=field)
+        try:
+            return AutoTokenizer.from_pretrained(name), AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot load {name!r} ({str(err).splitlines()[0]})",
+                              field=field) from None
+
+    t_tok, t_cfg = describe(cfg.teacher.model, "teacher.model")
+    if is_tiny_preset(cfg.student.model):
+        return  # a tiny preset is built with the teacher's tokenizer
+    s_tok, s_cfg = describe(cfg.student.model, "student.model")
+    try:
+        check_kd_compatible(t_tok, s_tok, t_cfg, s_cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{err.reason} (teacher.model {cfg.teacher.model!r}, student.model "
+                          f"{cfg.student.model!r})", field=err.field) from None
