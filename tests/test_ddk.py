@@ -58,7 +58,7 @@ def test_kd_trainer_loss_matches_full_logit_reference(teacher):
     total, ce, kd = full_logit_kd_loss(s_logits[:, :-1], t_logits[:, :-1], batch["labels"][:, 1:],
                                        gamma=0.2, temperature=2.0)
     total.backward()
-    assert float(parts.total.detach()) == pytest.approx(float(total), rel=1e-5)
+    assert float(parts.total.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
     assert float(parts.ce) == pytest.approx(float(ce), rel=1e-5)
     assert float(parts.kd) == pytest.approx(float(kd), rel=1e-5)
     torch.testing.assert_close(got, student.lm_head.weight.grad, rtol=1e-4, atol=1e-6)
