@@ -306,3 +306,47 @@ def test_real_baldistill_run_is_tracked_and_reported(tmp_path: Path) -> None:
     assert md == (tmp_path / "run" / "report.md").resolve()
     assert {p.name for p in (tmp_path / "run" / PLOTS_DIR).glob("*.png")} == {
         "domain_scores.png", "budget.png", "stages.png", "loss.png"}
+
+
+# -- the user guide ------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    proc = subprocess.run([sys.executable, str(DOCS / "gen_config_reference.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from domdistill.config import RunConfig
+
+    text = (DOCS / "configuration.md").read_text()
+    for section, field in RunConfig.model_fields.items():
+        for key in field.annotation.model_fields:
+            assert f"| `{key}` |" in text, f"{section}.{key} missing"
+
+
+def test_every_yaml_config_in_the_guide_is_valid() -> None:
+    import yaml
+
+    from domdistill.config import config_from_dict
+
+    blocks = [(md.name, b) for md in sorted(DOCS.glob("*.md"))
+              for b in re.findall(r"```yaml\n(.*?)```", md.read_text(), re.S)]
+    assert len(blocks) >= 5
+    for name, block in blocks:
+        config_from_dict(yaml.safe_load(block), source=name)
+
+
+def test_guide_links_and_images_resolve() -> None:
+    for md in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", md.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (md.parent / target).exists(), f"{md.name}: broken link {target}"
+
+
+def test_accelerate_configs_load() -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {f.stem: load_config_from_file(str(f)).distributed_type.value
+             for f in sorted((REPO / "examples" / "accelerate").glob("*.yaml"))}
+    assert kinds == {"fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
