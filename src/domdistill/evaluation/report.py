@@ -15,6 +15,7 @@ import base64
 import html
 import math
 import os
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,8 +209,8 @@ class Doc:
                 out.append(v)
             elif kind == "table":
                 header, rows = v
-                out.append("\n".join(["| " + " | ".join(header) + " |",
-                                      "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+                rule = "|" + "|".join("---:" if num else "---" for num in _numeric_columns(rows)) + "|"
+                out.append("\n".join(["| " + " | ".join(header) + " |", rule,
                                       *("| " + " | ".join(r) + " |" for r in rows)]))
             else:
                 out.append(f"![{v[1]}]({PLOTS_DIR}/{v[0].name})")
@@ -224,8 +225,10 @@ class Doc:
                 body.append(f"<p>{_inline(v)}</p>")
             elif kind == "table":
                 header, rows = v
-                head = "".join(f"<th>{_inline(c)}</th>" for c in header)
-                trs = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                cls = [' class="num"' if num else "" for num in _numeric_columns(rows)]
+                head = "".join(f"<th{k}>{_inline(c)}</th>" for k, c in zip(cls, header))
+                trs = "".join("<tr>" + "".join(f"<td{k}>{_inline(c)}</td>" for k, c in zip(cls, r))
+                              + "</tr>" for r in rows)
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
             else:
                 data = base64.b64encode(v[0].read_bytes()).decode("ascii")
@@ -234,6 +237,16 @@ class Doc:
         return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                 f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
                 + "\n".join(body) + "\n</body></html>\n")
+
+
+_NUMBER = re.compile(r"^[-+\d.,\[\] /]*\d[-+\d.,\[\] /s]*$")
+
+
+def _numeric_columns(rows: list[list[str]]) -> list[bool]:
+    """Which columns hold only numbers (or '-'): those are right-aligned."""
+    cols = list(zip(*rows)) if rows else []
+    return [any(_NUMBER.match(c) for c in col) and all(_NUMBER.match(c) or c == "-" for c in col)
+            for col in cols]
 
 
 def _inline(text: str) -> str:
@@ -246,7 +259,7 @@ def _inline(text: str) -> str:
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
+        "padding:3px 8px;text-align:left}th.num,td.num{text-align:right}"
         "th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}"
         "code{background:#f3f3f3;padding:0 3px}")
 

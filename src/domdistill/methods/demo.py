@@ -34,7 +34,9 @@ def run_demo(out: str | Path, method: str = "baldistill", overwrite: bool = Fals
     if method == "ddk":
         from domdistill.methods.ddk import run_ddk_demo
 
-        return run_ddk_demo(out, overwrite=overwrite)
+        runs = run_ddk_demo(out, overwrite=overwrite)
+        write_demo_report(out, runs)
+        return runs
     if method != "baldistill":
         raise ValueError(f"unknown demo {method!r}: choose baldistill or ddk")
     runs = {}
