@@ -57,7 +57,7 @@ PAPER: dict[int, dict[str, dict[str, tuple[float | None, float | None]]]] = {
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(seeds=[0, 1], per_class=50, epochs=3.0, test_per_domain=None, score_candidates=20),
-    "quick": dict(seeds=[0], per_class=10, epochs=2.0, test_per_domain=20, score_candidates=10),
+    "quick": dict(seeds=[0], per_class=10, epochs=3.0, test_per_domain=10, score_candidates=10),
 }
 INSTRUCTION = "Assign a topic to the text."
 
@@ -291,7 +291,7 @@ def print_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace) ->
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a few-minute preset: 10 per class, 1 seed, "
-                   "2 epochs, 20 test documents per topic, 10 scored candidates per domain")
+                   "3 epochs, 10 test documents per topic, 10 scored candidates per domain")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, help="seeds (default 0 1; --quick: 0)")
     p.add_argument("--per-class", type=int, help="budget per topic: 50 = setting 1 (default; "
@@ -299,22 +299,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", type=int, default=[5], help="K for the staged methods "
                    "(default 5); several values run each (Figure 4: 3 5 8)")
     p.add_argument("--student", choices=("tiny", "small"), default="tiny", help="student preset (Table 4)")
-    p.add_argument("--epochs", type=float, help="fine-tuning epochs per stage (default 3; --quick: 2)")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="default %(default)s")
+    p.add_argument("--epochs", type=float, help="fine-tuning epochs per stage (default 3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="default %(default)s")
     p.add_argument("--max-seq-len", type=int, default=256, help="default %(default)s")
     p.add_argument("--vocab-size", type=int, default=2048, help="student tokenizer vocabulary "
                    "(default %(default)s)")
-    p.add_argument("--doc-words", type=int, default=100, help="words kept per document (default "
+    p.add_argument("--doc-words", type=int, default=64, help="words kept per document (default "
                    "%(default)s; 0: all)")
-    p.add_argument("--rationale-words", type=int, default=24, help="words kept per teacher "
+    p.add_argument("--rationale-words", type=int, default=12, help="words kept per teacher "
                    "rationale before its answer line (default %(default)s; 0: all)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="student generation, evaluation "
+    p.add_argument("--max-new-tokens", type=int, default=40, help="student generation, evaluation "
                    "and IFD scoring (default %(default)s)")
     p.add_argument("--score-candidates", type=int, help="IFD-scored candidates per head domain "
                    "(default 20; --quick: 10)")
     p.add_argument("--test-per-domain", type=int, help="evaluate at most N test documents per "
-                   "topic (default: all 2,568; --quick: 20)")
+                   "topic (default: all 2,568; --quick: 10)")
     p.add_argument("--stage-eval-per-domain", type=int, default=5, help="test documents per topic "
                    "scored after each stage for the run's history (default %(default)s); the "
                    "table scores the last student on the whole test set")

@@ -53,7 +53,7 @@ def test_jobs_and_presets(bench) -> None:
                                                 "baldistill_a@K8", "random_ft_cot"]
     assert len(jobs) == 8 and jobs[0]["stages"] == 8 and jobs[-1]["method"] == "random_ft_cot"
     quick = bench.parse_args(["--quick"])
-    assert (quick.per_class, quick.seeds, quick.test_per_domain) == (10, [0], 20)
+    assert (quick.per_class, quick.seeds, quick.test_per_domain) == (10, [0], 10)
 
 
 def test_tiny_run_reports_scores_calls_and_shortfall(bench, tmp_path: Path, capsys) -> None:
