@@ -257,7 +257,14 @@ class TeacherClient:
         pending = list(todo.items())
         step = max(1, int(self.teacher.max_batch))
         chunks = [pending[i:i + step] for i in range(0, len(pending), step)]
-        await asyncio.gather(*(self._run_chunk(c, sem, outcomes) for c in chunks))
+        tasks = [asyncio.ensure_future(self._run_chunk(c, sem, outcomes)) for c in chunks]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:  # e.g. the ledger cannot write (disk full): stop the other chunks
+            for t in tasks:    # before raising, so none is left running on a closed loop
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [outcomes[k] for k in keys]
 
     def _set_stop(self, message: str) -> None:

@@ -159,6 +159,9 @@ class Ledger:
                 return
 
     def _run_batch(self, ops: list[tuple[Callable[..., Any], tuple, Future]]) -> None:
+        ops = [op for op in ops if op[2].set_running_or_notify_cancel()]  # skip cancelled callers
+        if not ops:
+            return
         results: list[tuple[Future, Any, BaseException | None]] = []
         try:
             self._con.execute("BEGIN IMMEDIATE")
