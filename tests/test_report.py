@@ -166,6 +166,34 @@ def test_by_domain_figures_grow_with_the_domain_count(tmp_path: Path, r52_report
     assert "DDK" not in (run / "report.md").read_text()
 
 
+def test_perplexity_runs_show_the_teacher_gap(tmp_path: Path) -> None:
+    """DDK-style results (perplexity only, ratios to the teacher) and a teacherless CPT run."""
+    counts = {"a": 400, "b": 60, "c": 9}
+    runs = []
+    for name, teacher in (("ddk", True), ("cpt", False)):
+        run = make_ddk_run(tmp_path / name, counts)
+        res = json.loads((run / "results.json").read_text())
+        res["method"] = name
+        per = {d: {"n": 5, "perplexity": 2.0 + i, **({"ppl_ratio": 1.5 + i} if teacher else {})}
+               for i, d in enumerate(counts)}
+
+        def agg(ds: list[str]) -> dict:
+            keys = ["perplexity", "ppl_ratio"] if teacher else ["perplexity"]
+            return {"domains": ds, **{k: float(np.mean([per[d][k] for d in ds])) for k in keys}}
+
+        res["metrics"] = {"n": 15, "per_domain": per, "macro": agg(list(counts)),
+                          "micro": {"perplexity": 2.5}, "head": agg(["a"]), "tail": agg(["b", "c"])}
+        for h in res["history"]:
+            h["teacher_ppl"] = h["teacher_ppl"] if teacher else None
+        (run / "results.json").write_text(json.dumps(res))
+        runs.append(run)
+    md = write_report(runs, tmp_path / "rep").read_text()
+    assert "## Scores (perplexity)" in md and "Brackets" not in md and "teacher calls" not in md
+    assert re.search(r"\| ddk \| 3\.000 \(2\.50x\) \| 2\.500 \| 2\.000 \(1\.50x\) \|", md)
+    assert re.search(r"\| cpt \| 3\.000 \| 2\.500 \| 2\.000 \|", md)
+    assert (tmp_path / "rep" / PLOTS_DIR / "ddk.png").is_file()
+
+
 def test_spend_per_domain_and_stage_comes_from_the_ledger(r52_runs) -> None:
     run = load_run(r52_runs[0])
     per_domain = {d: sum(v.values()) for d, v in run.spend_by_domain_stage.items()}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -70,7 +71,7 @@ def domain_scores(runs: Sequence["Run"], metric: str, path: Path) -> Path | None
         _log_x(ax)
         ax.margins(y=0.12)
         ax.set_xlabel("domain size in the training pool (examples, log scale)")
-        ax.set_ylabel(f"{metric} on the domain's test set")
+        ax.set_ylabel(f"{metric} on the domain's test set" + (" (lower is better)" if metric == "perplexity" else ""))
         ax.set_title(f"{run.label}: per-domain {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -160,26 +161,28 @@ def stage_curves(runs: Sequence["Run"], metric: str, path: Path) -> Path | None:
 
 
 def ddk_training(runs: Sequence["Run"], path: Path) -> Path | None:
-    """DDK: domain weights and student/teacher perplexity ratio per domain over training (heatmaps)."""
+    """DDK: domain weights and student/teacher perplexity ratio per domain over training
+    (heatmaps; one colour scale per column, shared by the runs so they compare)."""
     runs = [r for r in runs if r.interval_history]
     if not runs:
         return None
     domains = _domain_order(runs)
+    grids = [([[h.get("weights", {}).get(d, math.nan) for h in r.interval_history] for d in domains],
+              [[_ratio(h, d) for h in r.interval_history] for d in domains]) for r in runs]
+    norms = [_norm([g[k] for g in grids], log=k == 1) for k in (0, 1)]
     fig = _figure(12, len(runs) * max(3.0, 1.6 + ROW_INCHES * len(domains)))
     axes = fig.subplots(len(runs), 2, squeeze=False)
-    for (ax_w, ax_r), run in zip(axes, runs):
-        hist = run.interval_history
-        steps = [h.get("step", i) for i, h in enumerate(hist)]
-        weights = [[h.get("weights", {}).get(d, float("nan")) for h in hist] for d in domains]
-        ratios = [[_ratio(h, d) for h in hist] for d in domains]
-        for ax, grid, title, cmap in ((ax_w, weights, "domain weight", "viridis"),
-                                      (ax_r, ratios, "student / teacher perplexity", "magma")):
-            if all(math.isnan(v) for row in grid for v in row):
+    for row, run, pair in zip(axes, runs, grids):
+        steps = [h.get("step", i) for i, h in enumerate(run.interval_history)]
+        for ax, grid, norm, title, cmap in zip(row, pair, norms, ("domain weight", "student / teacher perplexity"),
+                                               ("viridis", "magma")):
+            if norm is None or all(math.isnan(v) for line in grid for v in line):
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"{run.label}: no {title} recorded", ha="center", transform=ax.transAxes)
                 continue
-            im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap)
-            fig.colorbar(im, ax=ax, shrink=0.8, label=title)
+            im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
+            log = isinstance(norm, LogNorm)
+            fig.colorbar(im, ax=ax, shrink=0.8, label=title + (" (log scale)" if log else ""))
             ax.set_title(f"{run.label}: {title}")
             ax.set_xlabel("training step")
             idx = _ticks(len(steps))
@@ -187,6 +190,18 @@ def ddk_training(runs: Sequence["Run"], path: Path) -> Path | None:
             ax.set_yticks(range(len(domains)), domains, fontsize=7 if len(domains) > 20 else 9)
     fig.suptitle("DDK: domain weights and perplexity gap over training", fontweight="bold")
     return _save(fig, path)
+
+
+def _norm(grids: list[list[list[float]]], log: bool) -> Normalize | None:
+    """A colour scale over all finite values; log when they span more than 10x (the first
+    interval's perplexity gap can be 100 times the last)."""
+    vals = [v for g in grids for line in g for v in line if not math.isnan(v)]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    if log and lo > 0 and hi > 10 * lo:
+        return LogNorm(vmin=lo, vmax=hi)
+    return Normalize(vmin=lo, vmax=hi)
 
 
 def loss_curves(runs: Sequence["Run"], path: Path) -> Path | None:

@@ -179,6 +179,13 @@ def interval(run: Run, block: str, metric: str) -> tuple[float, float] | None:
     return max(0.0, p - 1.96 * se), min(1.0, p + 1.96 * se)
 
 
+def _score(block: dict[str, Any], metric: str) -> str:
+    """A score, with the student/teacher perplexity ratio beside a perplexity when known."""
+    text = _fmt(block.get(metric))
+    ratio = block.get("ppl_ratio")
+    return f"{text} ({ratio:.2f}x)" if metric == "perplexity" and isinstance(ratio, (int, float)) else text
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
@@ -239,7 +246,7 @@ class Doc:
                 + "\n".join(body) + "\n</body></html>\n")
 
 
-_NUMBER = re.compile(r"^[-+\d.,\[\] /]*\d[-+\d.,\[\] /s]*$")
+_NUMBER = re.compile(r"^[-+\d.,\[\] /]*\d[-+\d.,\[\] /()xs]*$")
 
 
 def _numeric_columns(rows: list[list[str]]) -> list[bool]:
@@ -279,19 +286,31 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
                 f"{r.results.get('wall_seconds', 0):.0f} s"] for r in runs])
     doc.h(2, f"Scores ({metric})")
     ci_level = runs[0].metrics.get("ci_level", 0.95)
-    rows = []
+    with_budget = any("spent" in r.budget for r in runs)
+    rows, any_ci = [], False
     for r in runs:
         cells = [r.label]
         for block in ("macro", "micro", "head", "tail"):
-            value = r.metrics.get(block, {}).get(metric)
             ci = interval(r, block, metric)
-            cells.append(_fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
-        b = r.budget
-        cells.append(f"{b['spent']} / {b['limit']}" if "spent" in b else "-")
+            any_ci = any_ci or ci is not None
+            cells.append(_score(r.metrics.get(block, {}), metric)
+                         + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
+        if with_budget:
+            b = r.budget
+            cells.append(f"{b['spent']} / {b['limit']}" if "spent" in b else "-")
         rows.append(cells)
-    doc.table(["method", "macro", "micro", "head", "tail", "teacher calls (spent / limit)"], rows)
-    doc.p(f"Brackets: {ci_level:.0%} confidence intervals; a run's own bootstrap interval where "
-          "results.json has one (macro), otherwise a normal approximation from per-domain counts.")
+    doc.table(["method", "macro", "micro", "head", "tail",
+               *(["teacher calls (spent / limit)"] if with_budget else [])], rows)
+    notes = []
+    if any_ci:
+        notes.append(f"Brackets: {ci_level:.0%} confidence intervals; a run's own bootstrap interval "
+                     "where results.json has one (macro), otherwise a normal approximation from "
+                     "per-domain counts.")
+    if metric == "perplexity":
+        notes.append("Perplexity: lower is better; (x) is the student's perplexity divided by the "
+                     "teacher's where the run measured both.")
+    if notes:
+        doc.p(" ".join(notes))
     doc.h(2, f"Per-domain {metric}")
     first = runs[0]
     counts = {d: n for r in runs for d, n in r.domain_counts.items()}
@@ -300,7 +319,7 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
     doc.table(["domain", "pool", "test n", "split", *[r.label for r in runs]],
               [[d, str(counts.get(d, "-")), str(first.per_domain.get(d, {}).get("n", "-")),
                 "tail" if d in tail else "head",
-                *[_fmt(r.per_domain.get(d, {}).get(metric)) for r in runs]] for d in domains])
+                *[_score(r.per_domain.get(d, {}), metric) for r in runs]] for d in domains])
     if figures:
         doc.h(2, "Figures")
     for path, title, caption in figures:
