@@ -19,6 +19,7 @@ from typing import Any, Literal
 from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.data.quotas import Policy, StagePlan, plan_stage, stage_budgets
+from domdistill.errors import TeacherError
 from domdistill.io import atomic_write_json
 from domdistill.methods.task import Task
 from domdistill.runs import RunDir
@@ -199,6 +200,12 @@ class BalDistillRun:
         state.pool = [i for i in state.pool if i not in taken]
         state.train.extend(ex.to_dict() for ex in batch)
         train_set = [DomainExample.from_dict(d) for d in state.train]
+        if not train_set and self.recipe.train:
+            raise TeacherError(
+                f"stage {stage}: no training examples: {spend.get('failed', 0)} teacher calls failed "
+                f"and {sum(spend.get('dropped_by_filter', {}).values())} answers were dropped by the "
+                f"answer filter; see `domdistill ledger {self.dir.root}` for the errors, then rerun "
+                "with --resume")
         new = [DomainExample.from_dict(d) for d in state.train[len(state.train) - len(batch):]]
         student_dir = self._student_dir(stage)
         losses = train_student(self.cfg, self.dir, self.task, train_set, stage, student_dir,
