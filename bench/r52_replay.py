@@ -263,8 +263,8 @@ def print_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace) ->
 
     setting = 100 if args.per_class >= 100 else 50
     paper = PAPER[setting]
-    t = Table(title=f"R52 replay: {args.per_class}/class, student {args.student}, "
-                    f"seeds {args.seeds} (F1 x100, mean ± sd over seeds)")
+    t = Table(title=f"R52 replay: {args.per_class}/class (budget {52 * args.per_class} calls), "
+                    f"student {args.student}, seeds {args.seeds} (F1 x100, mean ± sd over seeds)")
     for col in ("method", "macro-F1", "micro-F1", "calls", "train ex.", f"paper L3 macro@{setting}",
                 f"paper L3 micro@{setting}", f"paper L2 macro@{setting}", "synth. shortfall"):
         t.add_column(col, justify="left" if col == "method" else "right")
