@@ -119,6 +119,11 @@ def prepare_data(folder: Path, shared: Path, doc_words: int, rationale_words: in
             "synthetic_by_domain": synthetic}
 
 
+def data_folder(args: argparse.Namespace) -> Path:
+    """Where the replay's files for these document/rationale lengths live under ``--out``."""
+    return Path(args.out) / f"data-d{args.doc_words}-r{args.rationale_words}"
+
+
 def load_replay_task(folder: Path, test_per_domain: int | None = None):
     """The :class:`Task` of the replay: pool and test set from ``folder``, the short instruction."""
     from domdistill.config import FieldMap
@@ -141,7 +146,7 @@ def make_config(args: argparse.Namespace, method: str, seed: int, stages: int, l
     """The run config of one (method, K, seed)."""
     from domdistill.config import config_from_dict
 
-    data = Path(args.out) / "data"
+    data = data_folder(args)
     return config_from_dict({
         "data": {"path": str(data / "pool.jsonl"), "format": "jsonl", "fields": {"id": "id"},
                  "test_path": str(data / "test.jsonl"), "test_format": "jsonl",
@@ -176,29 +181,29 @@ def synthesis_shortfall(run_dir: Path) -> dict[str, int]:
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one (method, K, seed) into its folder (reusing a finished one) and return its row."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from domdistill.config import save_config
     from domdistill.methods.baldistill import BalDistillRun
     from domdistill.runs import prepare_run_dir
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(1)
     start, cpu = time.time(), time.process_time()
     args = argparse.Namespace(**job["args"])
     out = Path(args.out) / "runs" / job["name"]
-    task = load_replay_task(Path(args.out) / "data", args.test_per_domain)
+    task = load_replay_task(data_folder(args), args.test_per_domain)
     cfg = make_config(args, job["method"], job["seed"], job["stages"], len(task.labels), out)
     final_path = out / "final_metrics.json"
     same = (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == _yaml(cfg)
-    if not (same and final_path.is_file()):
+    if not (same and (out / "results.json").is_file()):
         run_dir = prepare_run_dir(out, overwrite=not same, resume=same)
         save_config(cfg, run_dir.config)
         BalDistillRun(cfg, run_dir, task, progress=False).run()
-        final_evaluation(cfg, task, out, final_path)
+    m = json.loads(final_path.read_text()) if same and final_path.is_file() else {}
+    if m.get("test") != len(task.test):  # scored on another test subset (or not yet)
+        m = final_evaluation(cfg, task, out, final_path)
     results = json.loads((out / "results.json").read_text())
-    m = json.loads(final_path.read_text())
     return {**{k: job[k] for k in ("key", "method", "seed", "stages")},
             "macro_f1": 100 * m["macro"]["f1"], "micro_f1": 100 * m["micro"]["f1"],
             "test": m["n"], "calls": (results.get("budget") or {}).get("spent", 0),
@@ -207,7 +212,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             "cpu_minutes": (time.process_time() - cpu) / 60}
 
 
-def final_evaluation(cfg: Any, task: Any, out: Path, path: Path) -> None:
+def final_evaluation(cfg: Any, task: Any, out: Path, path: Path) -> dict[str, Any]:
     """Score the run's last student on the whole test set (the run itself scores every stage on
     ``--stage-eval-per-domain`` documents per topic) into ``final_metrics.json``."""
     from domdistill.io import atomic_write_json
@@ -218,7 +223,9 @@ def final_evaluation(cfg: Any, task: Any, out: Path, path: Path) -> None:
     full = cfg.evaluation.model_copy(update={"max_per_domain": None})
     metrics = evaluate_student(cfg.model_copy(update={"evaluation": full}), task, last,
                                report_head_tail(task.pool.counts()), progress=False)
-    atomic_write_json(path, {"student": str(last.relative_to(out)), **metrics})
+    metrics = {"student": str(last.relative_to(out)), "test": len(task.test), **metrics}
+    atomic_write_json(path, metrics)
+    return metrics
 
 
 def _yaml(cfg: Any) -> str:
@@ -352,8 +359,7 @@ def run_all(jobs: list[dict[str, Any]], workers: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.time()
-    out = Path(args.out)
-    info = prepare_data(out / "data", Path(args.shared), args.doc_words, args.rationale_words)
+    info = prepare_data(data_folder(args), Path(args.shared), args.doc_words, args.rationale_words)
     print(f"pool {info['pool']} of {info['train']} training documents have recorded rationales; "
           f"{info['synthetic']} recorded synthetic documents for {info['synthetic_domains']} tail "
           f"topics; test {info['test']} documents", flush=True)

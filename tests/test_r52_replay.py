@@ -59,19 +59,11 @@ def test_jobs_and_presets(bench) -> None:
 def test_tiny_run_reports_scores_calls_and_shortfall(bench, tmp_path: Path, capsys) -> None:
     """Two methods, 30 per class: BalDistill N asks for more synthetic 'tea' documents than were
     recorded; the run goes on and the shortfall is reported, never invented."""
-    threads = torch.get_num_threads()
-    try:
-        code = bench.main(["--methods", "random_ft_cot", "baldistill_n", "--per-class", "30",
-                           "--stages", "2", "--seeds", "0", "--epochs", "0.02", "--jobs", "1",
-                           "--test-per-domain", "1", "--stage-eval-per-domain", "1",
-                           "--score-candidates", "1", "--max-new-tokens", "8", "--bootstrap", "0",
-                           "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("SUMMARY ")
-    summary = json.loads(lines[-1][len("SUMMARY "):])
+    argv = ["--methods", "random_ft_cot", "baldistill_n", "--per-class", "30", "--stages", "2",
+            "--seeds", "0", "--epochs", "0.02", "--jobs", "1", "--stage-eval-per-domain", "1",
+            "--score-candidates", "1", "--max-new-tokens", "8", "--bootstrap", "0",
+            "--out", str(tmp_path)]
+    summary = run_main(bench, argv + ["--test-per-domain", "1"], capsys)
     methods = summary["methods"]
     assert set(methods) == {"random_ft_cot", "baldistill_n"}
     for m in methods.values():
@@ -81,5 +73,25 @@ def test_tiny_run_reports_scores_calls_and_shortfall(bench, tmp_path: Path, caps
     # tea: 2 real documents + 26 recorded synthetic ones < 30 asked for
     assert methods["baldistill_n"]["shortfall"].get("tea", 0) >= 2
     assert methods["baldistill_n"]["calls"] <= 30 * 52 - sum(methods["baldistill_n"]["shortfall"].values())
-    final = json.loads((tmp_path / "runs" / "baldistill_n-K2-s0" / "final_metrics.json").read_text())
+    run = tmp_path / "runs" / "baldistill_n-K2-s0"
+    final = json.loads((run / "final_metrics.json").read_text())
     assert final["n"] == summary["test"] == 52 and final["student"] == "students/stage-2"
+    # a rerun on a larger test subset reuses the finished runs and only scores them again
+    stamp = (run / "results.json").stat().st_mtime_ns
+    again = run_main(bench, argv + ["--test-per-domain", "2"], capsys)
+    assert again["test"] == 52 * 2 - 6  # six topics have a single test document
+    assert (run / "results.json").stat().st_mtime_ns == stamp
+    assert {m: v["calls"] for m, v in again["methods"].items()} == \
+        {m: v["calls"] for m, v in methods.items()}
+
+
+def run_main(bench, argv: list[str], capsys) -> dict:
+    """``bench.main(argv)`` in this process; returns the parsed SUMMARY line (printed last)."""
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("SUMMARY ")
+    return json.loads(lines[-1][len("SUMMARY "):])
