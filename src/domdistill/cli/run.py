@@ -120,6 +120,9 @@ def demo(
     """BalDistill A vs Random FT CoT (or DDK vs KD) on the built-in long-tailed task, CPU-sized."""
     from domdistill.methods.demo import run_demo
 
-    runs = run_demo(out, method=method, overwrite=overwrite)
+    if method == "baldistill":
+        console.print("BalDistill A against Random FT CoT at the same teacher budget, on the built-in "
+                      "long-tailed task (14 skills, program teacher, tiny CPU student).")
+    runs = run_demo(out, method=method, overwrite=overwrite, log=console.print)
     print_results(runs)
     console.print(f"run folders and report: {out}")

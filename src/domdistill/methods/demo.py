@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,10 @@ def demo_config(method: str, out: Path) -> RunConfig:
     return config_from_dict(raw, source="built-in demo")
 
 
-def run_demo(out: str | Path, method: str = "baldistill", overwrite: bool = False) -> dict[str, dict]:
-    """Run the demo's methods into ``out/<method>/`` and write ``out/report.md``."""
+def run_demo(out: str | Path, method: str = "baldistill", overwrite: bool = False,
+             log: Callable[[str], None] = lambda message: None) -> dict[str, dict]:
+    """Run the demo's methods into ``out/<method>/`` and write ``out/report.md``; ``log`` is told
+    what is being run as it starts."""
     from domdistill.methods import run_config
 
     out = Path(out)
@@ -41,8 +45,16 @@ def run_demo(out: str | Path, method: str = "baldistill", overwrite: bool = Fals
         raise ValueError(f"unknown demo {method!r}: choose baldistill or ddk")
     runs = {}
     for name in ("baldistill_a", "random_ft_cot"):
-        runs[name] = run_config(demo_config(name, out), overwrite=overwrite)
+        cfg = demo_config(name, out)
+        stages = f"{cfg.method.stages} stages" if name == "baldistill_a" else "one round"
+        log(f"{name}: {cfg.method.budget} calls to the program teacher in {stages}, "
+            f"{cfg.student.model} student, built-in task ({cfg.data.builtin_size} examples) "
+            f"-> {out / name}")
+        start = time.time()
+        runs[name] = run_config(cfg, overwrite=overwrite)
+        log(f"{name}: done in {time.time() - start:.0f} s")
     write_demo_report(out, runs)
+    log(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return runs
 
 
