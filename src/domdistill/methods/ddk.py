@@ -50,6 +50,16 @@ class DDKRun:
         self.student_dir = run_dir.root / "student"
 
     # -- models ----------------------------------------------------------------------------
+
+    def _teacher_ppl(self, teacher, tok, texts: dict[str, list[str]], split: str):
+        """Teacher perplexity per domain, computed once per teacher and text set, then cached."""
+        from domdistill.evaluation.perplexity import domain_perplexities
+
+        if teacher is None:
+            return None
+        key = f"{parts.model_id(self.cfg.teacher.model)}|{split}|{parts.texts_hash(texts, self.max_len)}"
+        return parts.cached_perplexities(self.ppl_cache, key, lambda: domain_perplexities(
+            teacher, tok, texts, self.max_len, self.cfg.evaluation.batch_size))
     def _models(self):
         """(student, tokenizer, teacher or None); a tiny-preset student gets the teacher's
         tokenizer. Compatibility is checked before anything is computed."""
@@ -88,8 +98,6 @@ class DDKRun:
 
     # -- the recipe -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from domdistill.evaluation.perplexity import domain_perplexities
-
         start = time.time()
         student, tok, teacher = self._models()
         train, val = parts.split_validation(list(self.task.pool), self.cfg.method.val_per_domain,
@@ -97,12 +105,7 @@ class DDKRun:
         atomic_write_json(self.dir.root / "validation.json",
                           {d: [ex.id for ex in exs] for d, exs in val.items()})
         val_texts = {d: [parts.lm_text(ex) for ex in exs] for d, exs in val.items()}
-        teacher_ppl = None
-        if teacher is not None:
-            key = f"{parts.model_id(self.cfg.teacher.model)}|val|" \
-                  f"{parts.texts_hash(val_texts, self.max_len)}"
-            teacher_ppl = parts.cached_perplexities(self.ppl_cache, key, lambda: domain_perplexities(
-                teacher, tok, val_texts, self.max_len, self.cfg.evaluation.batch_size))
+        teacher_ppl = self._teacher_ppl(teacher, tok, val_texts, "val")
         if (self.student_dir / "config.json").is_file() and self.state_path.is_file():
             import json
 
@@ -227,19 +230,14 @@ class DDKRun:
 
     def _test_metrics(self, student, tok, teacher) -> dict[str, Any]:
         """Per-domain test perplexity of the student, and of the teacher (cached) with ratios."""
-        from domdistill.evaluation.perplexity import domain_perplexities, text_losses
+        from domdistill.evaluation.perplexity import text_losses
 
         texts = {d: [parts.lm_text(ex) for ex in exs] for d, exs in self.task.test.by_domain.items()}
         student_losses = {}
         for d, items in texts.items():
             losses = text_losses(student, tok, items, self.max_len, self.cfg.evaluation.batch_size)
             student_losses[d] = (sum(x for x, _ in losses), sum(t for _, t in losses), len(items))
-        teacher_ppl = None
-        if teacher is not None:
-            key = f"{parts.model_id(self.cfg.teacher.model)}|test|" \
-                  f"{parts.texts_hash(texts, self.max_len)}"
-            teacher_ppl = parts.cached_perplexities(self.ppl_cache, key, lambda: domain_perplexities(
-                teacher, tok, texts, self.max_len, self.cfg.evaluation.batch_size))
+        teacher_ppl = self._teacher_ppl(teacher, tok, texts, "test")
         from domdistill.methods.baldistill import report_head_tail
 
         return parts.ppl_metrics(student_losses, teacher_ppl, report_head_tail(self.task.pool.counts()))
