@@ -189,8 +189,8 @@ try:
         with Ledger(target, Budget(calls=10_000)) as led:
             for i in range(10_000):
                 key = f"k{i}"
-                led.reserve(key, Tags("d", "1", "rationale")).result()
-                led.complete(key, "y" * 2000).result()
+                led.reserve(key, Tags("d", "1", "rationale"))
+                led.complete(key, "y" * 2000)
     elif what == "checkpoint":
         import torch
         from domdistill.training.checkpoints import publish, write_manifest
@@ -235,8 +235,8 @@ def disk_full(work: Path) -> list[dict[str, Any]]:
     led_path = work / "full" / "ledger.sqlite"
     with Ledger(led_path, Budget(calls=10_000)) as led:
         for i in range(20):
-            led.reserve(f"old{i}", Tags("d", "0", "rationale")).result()
-            led.complete(f"old{i}", f"answer {i}").result()
+            led.reserve(f"old{i}", Tags("d", "0", "rationale"))
+            led.complete(f"old{i}", f"answer {i}")
     msg = child("ledger", led_path, 256 * 1024)
     con = sqlite3.connect(led_path)
     ok = con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -23,7 +23,7 @@ def test_budget_is_atomic_across_threads(tmp_path: Path) -> None:
 
     def worker(w: int) -> None:
         for i in range(20):
-            r = led.reserve(f"k{w}-{i}", T).result()
+            r = led.reserve(f"k{w}-{i}", T)
             with lock:
                 outcomes.append(r.outcome)
 
@@ -40,27 +40,27 @@ def test_budget_is_atomic_across_threads(tmp_path: Path) -> None:
 
 def test_cached_answer_is_not_charged_again(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.sqlite", Budget(calls=1)) as led:
-        assert led.reserve("a", T).result().outcome == "new"
-        led.complete("a", "The answer is: earn", None, 10, 5, 0.1, 1).result()
-        again = led.reserve("a", T).result()
+        assert led.reserve("a", T).outcome == "new"
+        led.complete("a", "The answer is: earn", None, 10, 5, 0.1, 1)
+        again = led.reserve("a", T)
         assert again.outcome == "cached" and again.record.response == "The answer is: earn"
-        assert led.lookup(["a", "b"]).result().keys() == {"a"}
+        assert led.lookup(["a", "b"]).keys() == {"a"}
         assert led.spent()["calls"] == 1 and led.spent()["tokens"] == 15
 
 
 def test_inflight_after_crash_counts_and_is_resent_once_under_its_charge(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     led = Ledger(path, Budget(calls=2))
-    assert led.reserve("a", T).result().outcome == "new"
-    assert led.reserve("b", T).result().outcome == "new"
-    led.complete("b", "done").result()
+    assert led.reserve("a", T).outcome == "new"
+    assert led.reserve("b", T).outcome == "new"
+    led.complete("b", "done")
     led.close()  # "a" stays in flight, as after a kill
     led = Ledger(path, Budget(calls=2))
     assert led.spent()["calls"] == 2
-    assert led.reserve("c", T).result().outcome == "exhausted"  # the in-flight call still counts
-    r = led.reserve("a", T).result()
+    assert led.reserve("c", T).outcome == "exhausted"  # the in-flight call still counts
+    r = led.reserve("a", T)
     assert r.outcome == "resend"
-    led.complete("a", "late answer").result()
+    led.complete("a", "late answer")
     con = sqlite3.connect(path)
     assert con.execute("SELECT status, sends, charged FROM calls WHERE key='a'").fetchone() == ("delivered", 2, 1)
     assert led.spent()["calls"] == 2
@@ -70,27 +70,45 @@ def test_inflight_after_crash_counts_and_is_resent_once_under_its_charge(tmp_pat
 def test_failed_calls_are_dead_letters_and_release_only_when_never_billed(tmp_path: Path) -> None:
     with Ledger(tmp_path / "ledger.sqlite", Budget(calls=3)) as led:
         for k in "abc":
-            led.reserve(k, T).result()
-        led.fail("a", "HTTP 500 (after 7 attempts)", attempts=7, release=True).result()
-        led.fail("b", "request timed out", attempts=7, release=False).result()
+            led.reserve(k, T)
+        led.fail("a", "HTTP 500 (after 7 attempts)", attempts=7, release=True)
+        led.fail("b", "request timed out", attempts=7, release=False)
         assert led.spent()["calls"] == 2
         assert led.counts() == {"failed": 2, "inflight": 1}
-        assert led.reserve("b", T).result().outcome == "resend"  # charge kept, no new charge
-        assert led.reserve("a", T).result().outcome == "new"
-        assert led.reserve("d", T).result().outcome == "exhausted"
-        assert led.lookup(["a", "b"]).result() == {}  # failures are never served as answers
+        assert led.reserve("b", T).outcome == "resend"  # charge kept, no new charge
+        assert led.reserve("a", T).outcome == "new"
+        assert led.reserve("d", T).outcome == "exhausted"
+        assert led.lookup(["a", "b"]) == {}  # failures are never served as answers
+
+
+def test_operations_in_one_transaction_commit_or_roll_back_together(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with Ledger(path, Budget(calls=10)) as led:
+        with led.transaction():
+            assert [led.reserve(k, T).outcome for k in "ab"] == ["new", "new"]
+            led.complete("a", "answer a")
+            other = sqlite3.connect(path)  # another connection sees nothing before the commit
+            assert other.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        assert other.execute("SELECT key, status FROM calls ORDER BY key").fetchall() == [
+            ("a", "delivered"), ("b", "inflight")]
+        with pytest.raises(RuntimeError, match="interrupted"):
+            with led.transaction():
+                led.reserve("c", T)
+                raise RuntimeError("interrupted")
+        assert led.spent()["calls"] == 2 and led.counts() == {"delivered": 1, "inflight": 1}
+        other.close()
 
 
 def test_shared_cache_serves_other_runs_without_charge(tmp_path: Path) -> None:
     shared = tmp_path / "cache.sqlite"
     with Ledger(tmp_path / "run1" / "ledger.sqlite", shared_cache=shared) as one:
-        one.reserve("k", T).result()
-        one.complete("k", "cached answer", {"answer": "earn"}, 3, 4).result()
+        one.reserve("k", T)
+        one.complete("k", "cached answer", {"answer": "earn"}, 3, 4)
     with Ledger(tmp_path / "run2" / "ledger.sqlite", Budget(calls=1), shared_cache=shared) as two:
-        found = two.lookup(["k"]).result()
+        found = two.lookup(["k"])
         assert found["k"].response == "cached answer" and found["k"].cached
         assert two.spent()["calls"] == 0
-        assert two.reserve("k", T).result().outcome == "cached"
+        assert two.reserve("k", T).outcome == "cached"
 
 
 WRITER = r"""
@@ -100,7 +118,7 @@ path, proc, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with Ledger(path) as led:
     for i in range(n):
         key = f"p{proc}-{i}"
-        assert led.reserve(key, Tags(domain=f"d{i % 5}", stage=proc, kind="rationale")).result().outcome == "new"
+        assert led.reserve(key, Tags(domain=f"d{i % 5}", stage=proc, kind="rationale")).outcome == "new"
         led.complete(key, f"answer {key}", None, 1, 1, 0.0, 1)
 """
 
@@ -115,10 +133,10 @@ def test_concurrent_writers_threads_and_processes_lose_nothing(tmp_path: Path) -
         futs = []
         for i in range(150):
             key = f"t{w}-{i}"
-            assert led.reserve(key, Tags(domain="t", stage="t", kind="rationale")).result().outcome == "new"
+            assert led.reserve(key, Tags(domain="t", stage="t", kind="rationale")).outcome == "new"
             futs.append(led.complete(key, f"answer {key}"))
         for f in futs:
-            f.result()
+            f
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
     for t in threads:
@@ -142,10 +160,10 @@ def test_ledger_cli_reports_spend_by_domain_stage_and_status(tmp_path: Path) -> 
     run = tmp_path / "run"
     with Ledger(run / "ledger.sqlite", Budget(calls=10), price_per_1k=(1.0, 2.0)) as led:
         for i, dom in enumerate(["earn", "earn", "acq", "tin"]):
-            led.reserve(f"k{i}", Tags(domain=dom, stage=str(1 + i % 2), kind="rationale"), None, 10).result()
-        led.complete("k0", "x", None, 100, 50).result()
-        led.complete("k2", "y", None, 100, 50).result()
-        led.fail("k3", "HTTP 429: rate limited (after 3 attempt(s))", 3, release=True).result()
+            led.reserve(f"k{i}", Tags(domain=dom, stage=str(1 + i % 2), kind="rationale"), None, 10)
+        led.complete("k0", "x", None, 100, 50)
+        led.complete("k2", "y", None, 100, 50)
+        led.fail("k3", "HTTP 429: rate limited (after 3 attempt(s))", 3, release=True)
     out = _cli("ledger", str(run), "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)

@@ -174,8 +174,8 @@ else:
     from domdistill.teachers import Budget, Ledger, Tags
     with Ledger(target, Budget(calls=100_000)) as led:
         for i in range(100_000):
-            led.reserve(f"new{i}", Tags("d", "2", "rationale")).result()
-            led.complete(f"new{i}", "y" * 4000).result()
+            led.reserve(f"new{i}", Tags("d", "2", "rationale"))
+            led.complete(f"new{i}", "y" * 4000)
 """
 
 
@@ -201,8 +201,8 @@ def test_disk_full_while_writing_the_ledger_keeps_every_committed_row(tmp_path):
     led = tmp_path / "ledger.sqlite"
     with Ledger(led, Budget(calls=100_000)) as ledger:
         for i in range(30):
-            ledger.reserve(f"old{i}", Tags("d", "1", "rationale")).result()
-            ledger.complete(f"old{i}", f"answer {i}").result()
+            ledger.reserve(f"old{i}", Tags("d", "1", "rationale"))
+            ledger.complete(f"old{i}", f"answer {i}")
     proc = _child(tmp_path, "ledger", led, 256 * 1024)
     assert proc.returncode != 0 and "OperationalError" in proc.stderr
     state = ledger_state(led)
@@ -211,7 +211,7 @@ def test_disk_full_while_writing_the_ledger_keeps_every_committed_row(tmp_path):
     # it once under that charge
     assert state["status"].get("inflight", 0) <= 1
     with Ledger(led) as ledger:
-        found = ledger.lookup([f"old{i}" for i in range(30)]).result()
+        found = ledger.lookup([f"old{i}" for i in range(30)])
     assert {k: r.response for k, r in found.items()} == {f"old{i}": f"answer {i}" for i in range(30)}
 
 

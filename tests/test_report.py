@@ -56,8 +56,8 @@ def make_run(folder: Path, method: str, counts: dict[str, int], budget: int, sta
             for d, q in plan.quotas.items():
                 for i in range(q):
                     key = f"{d}:{s}:{i}"
-                    led.reserve(key, Tags(domain=d, stage=str(s), kind="rationale"), None, 10).result()
-                    led.complete(key, "rationale", None, 50, 20).result()
+                    led.reserve(key, Tags(domain=d, stage=str(s), kind="rationale"), None, 10)
+                    led.complete(key, "rationale", None, 50, 20)
                 pool[d] = max(0, pool[d] - q)
             by_stage.append(sum(plan.quotas.values()))
             m = _metrics(counts, head, tail, skill * s / stages, seed + s)

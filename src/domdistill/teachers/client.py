@@ -7,6 +7,12 @@ Every request goes through the same path::
       -> rate limits -> teacher call with the one retry layer
       -> ledger: delivered (response, usage, latency, attempts) or failed (dead letter)
 
+Reservations run one window (``concurrency`` requests, one commit) ahead of the ``concurrency``
+senders, and the replies that arrive together are committed together right after, so a sender
+goes from one reply to its next request without waiting for SQLite; the batch returns once
+every delivery is committed. A reserved request that a stop keeps from being sent gets its
+charge back.
+
 A stop condition (rate limit that does not lift, bad key or quota, budget exhausted) ends the
 batch: answers already delivered are kept, requests not sent are recorded as failed with no
 charge, and :attr:`Batch.stopped` says what happened and how to resume (rerun: the ledger
@@ -23,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -91,6 +96,15 @@ class _Outcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _Reserved:
+    """A request reserved in the ledger; ``new`` when charged by this reservation (not a resend)."""
+
+    key: str
+    request: TeacherRequest
+    new: bool
+
+
 class TeacherClient:
     """Calls ``teacher`` for batches of requests, recording every call in ``ledger``."""
 
@@ -114,6 +128,8 @@ class TeacherClient:
         self._loop = asyncio.new_event_loop()
         self._stop: str | None = None
         self._stop_event: asyncio.Event | None = None
+        self._writes: list[asyncio.Future] = []
+        self._unwritten: list[tuple[_Reserved, TeacherResponse, float, int]] = []
 
     # ------------------------------------------------------------------ public API
     def rationales(self, examples: Iterable[DomainExample], with_answer: bool = True,
@@ -243,7 +259,7 @@ class TeacherClient:
     async def _call_all(self, items: list[tuple[TeacherRequest, Tags]]) -> list[_Outcome]:
         tid = self.teacher.teacher_id
         keys = [r.key(tid) for r, _ in items]
-        found: dict[str, CallRecord] = await asyncio.wrap_future(self.ledger.lookup(keys))
+        found: dict[str, CallRecord] = self.ledger.lookup(keys)
         outcomes: dict[str, _Outcome] = {k: _Outcome(DELIVERED, rec.response, rec.data, True)
                                          for k, rec in found.items()}
         todo: dict[str, tuple[TeacherRequest, Tags]] = {}
@@ -253,17 +269,21 @@ class TeacherClient:
         self._stop_event = asyncio.Event()
         if self._stop:
             self._stop_event.set()
-        sem = asyncio.Semaphore(self.concurrency)
         pending = list(todo.items())
         step = max(1, int(self.teacher.max_batch))
         chunks = [pending[i:i + step] for i in range(0, len(pending), step)]
-        tasks = [asyncio.ensure_future(self._run_chunk(c, sem, outcomes)) for c in chunks]
+        senders = min(self.concurrency, len(chunks))
+        ready: asyncio.Queue[list[_Reserved] | None] = asyncio.Queue(maxsize=max(1, self.concurrency))
+        self._writes = []
+        tasks = [asyncio.ensure_future(self._reserve_ahead(chunks, ready, outcomes, senders))]
+        tasks += [asyncio.ensure_future(self._sender(ready, outcomes)) for _ in range(senders)]
         try:
             await asyncio.gather(*tasks)
-        except BaseException:  # e.g. the ledger cannot write (disk full): stop the other chunks
-            for t in tasks:    # before raising, so none is left running on a closed loop
+            await asyncio.gather(*self._writes)
+        except BaseException:  # e.g. the ledger cannot write (disk full): stop the other tasks
+            for t in tasks + self._writes:  # before raising, so none is left running on a closed loop
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._writes, return_exceptions=True)
             raise
         return [outcomes[k] for k in keys]
 
@@ -273,43 +293,75 @@ class TeacherClient:
         if self._stop_event is not None:
             self._stop_event.set()
 
-    async def _run_chunk(self, chunk: list[tuple[str, tuple[TeacherRequest, Tags]]],
-                         sem: asyncio.Semaphore, outcomes: dict[str, _Outcome]) -> None:
-        async with sem:
-            led = self.ledger
+    @property
+    def _budget_stop(self) -> bool:
+        return bool(self._stop and self._stop.startswith("teacher budget"))
+
+    async def _reserve_ahead(self, chunks: list[list[tuple[str, tuple[TeacherRequest, Tags]]]],
+                             ready: "asyncio.Queue[list[_Reserved] | None]",
+                             outcomes: dict[str, _Outcome], senders: int) -> None:
+        """Reserve the chunks in the ledger one window (``concurrency`` chunks, one group commit)
+        ahead of the senders, so a sender that gets a reply starts its next request at once."""
+        window = max(1, self.concurrency)
+        for i in range(0, len(chunks), window):
+            group = chunks[i:i + window]
             if self._stop:
-                await self._record_unsent(chunk, outcomes)
-                return
-            res = await _wait([led.reserve(key, tags, self._request_record(req), self._estimate(req),
-                                           self.teacher.teacher_id) for key, (req, tags) in chunk])
-            send: list[tuple[str, TeacherRequest]] = []
-            for (key, (req, _)), r in zip(chunk, res):
-                if r.outcome == "cached":
-                    rec = r.record
-                    outcomes[key] = _Outcome(DELIVERED, rec.response, rec.data, True)  # type: ignore[union-attr]
-                elif r.outcome == "exhausted":
-                    self._set_stop(f"teacher budget reached: {r.reason}. Requests not sent are "
-                                   "reported as budget_exhausted; raise the budget and run again "
-                                   "to continue (delivered answers are reused from the ledger).")
-                    outcomes[key] = _Outcome(EXHAUSTED, error=f"{req.describe()}: {r.reason}")
-                else:
-                    send.append((key, req))
-            if send:
+                for chunk in group:
+                    await self._record_unsent(chunk, outcomes)
+                continue
+            with self.ledger.transaction():
+                reserved = [[self.ledger.reserve(key, tags, self._request_record(req),
+                                                 self._estimate(req), self.teacher.teacher_id)
+                             for key, (req, tags) in chunk] for chunk in group]
+            for chunk, reservations in zip(group, reserved):
+                send = self._sort_reservations(chunk, reservations, outcomes)
+                if send:
+                    await ready.put(send)
+        for _ in range(senders):
+            await ready.put(None)
+
+    def _sort_reservations(self, chunk: list[tuple[str, tuple[TeacherRequest, Tags]]],
+                           reservations: list[Any], outcomes: dict[str, _Outcome]) -> list[_Reserved]:
+        """Record cached and over-budget outcomes; return the requests to send."""
+        send: list[_Reserved] = []
+        for (key, (req, _)), r in zip(chunk, reservations):
+            if r.outcome == "cached":  # delivered meanwhile by another process sharing the ledger
+                rec = r.record
+                outcomes[key] = _Outcome(DELIVERED, rec.response, rec.data, True)
+            elif r.outcome == "exhausted":
+                self._set_stop(f"teacher budget reached: {r.reason}. Requests not sent are "
+                               "reported as budget_exhausted; raise the budget and run again "
+                               "to continue (delivered answers are reused from the ledger).")
+                outcomes[key] = _Outcome(EXHAUSTED, error=f"{req.describe()}: {r.reason}")
+            else:
+                send.append(_Reserved(key, req, r.outcome == "new"))
+        return send
+
+    async def _sender(self, ready: "asyncio.Queue[list[_Reserved] | None]",
+                      outcomes: dict[str, _Outcome]) -> None:
+        """One concurrency slot: send reserved requests until the reserver says there are no more."""
+        while (send := await ready.get()) is not None:
+            if self._stop and not self._budget_stop:  # reserved, never sent: give new charges back
+                with self.ledger.transaction():
+                    for r in send:
+                        msg = f"{r.request.describe()}: not sent, the batch stopped ({self._stop})"
+                        self.ledger.fail(r.key, msg, release=r.new)
+                        outcomes[r.key] = _Outcome(FAILED, error=msg)
+            else:
                 await self._send(send, outcomes)
 
     async def _record_unsent(self, chunk: list[tuple[str, tuple[TeacherRequest, Tags]]],
                              outcomes: dict[str, _Outcome]) -> None:
-        status = EXHAUSTED if self._stop and self._stop.startswith("teacher budget") else FAILED
-        futs = []
-        for key, (req, tags) in chunk:
-            msg = f"{req.describe()}: not sent, the batch stopped ({self._stop})"
-            outcomes[key] = _Outcome(status, error=msg)
-            if status == FAILED:
-                futs.append(self.ledger.fail(key, msg, tags=tags, request=self._request_record(req)))
-        await _wait(futs)
+        status = EXHAUSTED if self._budget_stop else FAILED
+        with self.ledger.transaction():
+            for key, (req, tags) in chunk:
+                msg = f"{req.describe()}: not sent, the batch stopped ({self._stop})"
+                outcomes[key] = _Outcome(status, error=msg)
+                if status == FAILED:
+                    self.ledger.fail(key, msg, tags=tags, request=self._request_record(req))
 
-    async def _send(self, send: list[tuple[str, TeacherRequest]], outcomes: dict[str, _Outcome]) -> None:
-        reqs = [r for _, r in send]
+    async def _send(self, send: list[_Reserved], outcomes: dict[str, _Outcome]) -> None:
+        reqs = [r.request for r in send]
         if self._rpm:
             await self._rpm.acquire(len(reqs))
         if self._tpm:
@@ -343,20 +395,33 @@ class TeacherClient:
                 return
             await self._sleep(self.retry.delay(attempts - 1, last.retry_after))
         latency = (time.monotonic() - start) / len(reqs)
-        await _wait([self.ledger.complete(key, resp.text, self._response_data(resp),
-                                          resp.prompt_tokens, resp.completion_tokens, latency, attempts)
-                     for (key, _), resp in zip(send, responses)])
-        for (key, _), resp in zip(send, responses):
-            outcomes[key] = _Outcome(DELIVERED, resp.text, self._response_data(resp))
+        self._unwritten += [(r, resp, latency, attempts) for r, resp in zip(send, responses)]
+        if len(self._unwritten) == len(send):  # the first unwritten reply schedules the commit
+            self._writes.append(asyncio.ensure_future(self._record_delivered(outcomes)))
 
-    async def _fail(self, send: list[tuple[str, TeacherRequest]], error: str, attempts: int,
+    async def _record_delivered(self, outcomes: dict[str, _Outcome]) -> None:
+        """Commit the replies that arrived together in one transaction; the batch returns only
+        after every delivery is committed, and the senders never wait for it."""
+        await asyncio.sleep(0)
+        delivered, self._unwritten = self._unwritten, []
+        try:
+            with self.ledger.transaction():
+                for r, resp, latency, attempts in delivered:
+                    self.ledger.complete(r.key, resp.text, self._response_data(resp),
+                                         resp.prompt_tokens, resp.completion_tokens, latency, attempts)
+        except BaseException as e:  # e.g. disk full: send nothing more, then raise
+            self._set_stop(f"the ledger could not record the teacher's replies ({e})")
+            raise
+        for r, resp, _, _ in delivered:
+            outcomes[r.key] = _Outcome(DELIVERED, resp.text, self._response_data(resp))
+
+    async def _fail(self, send: list[_Reserved], error: str, attempts: int,
                     release: bool, outcomes: dict[str, _Outcome]) -> None:
-        futs = []
-        for key, req in send:
-            msg = f"{req.describe()}: {error}"
-            outcomes[key] = _Outcome(FAILED, error=msg)
-            futs.append(self.ledger.fail(key, msg, attempts, release))
-        await _wait(futs)
+        with self.ledger.transaction():
+            for r in send:
+                msg = f"{r.request.describe()}: {error}"
+                outcomes[r.key] = _Outcome(FAILED, error=msg)
+                self.ledger.fail(r.key, msg, attempts, release and r.new)
 
     async def _sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds, waking early when the batch is stopped."""
@@ -383,10 +448,3 @@ class TeacherClient:
         if resp.logprobs is not None:
             data["logprobs"] = resp.logprobs
         return data
-
-
-async def _wait(futures: list[Future]) -> list[Any]:
-    """Await ledger operations (futures resolved by the ledger's writer thread)."""
-    if len(futures) == 1:
-        return [await asyncio.wrap_future(futures[0])]
-    return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))

@@ -10,23 +10,22 @@ still counts against the budget (the provider may have billed it); the next run 
 once under the charge already made. A failed row keeps its charge when the provider may have
 processed it (timeouts, dropped connections) and gives it back when every attempt was refused.
 
-All writes go through one writer thread per :class:`Ledger` that commits whatever is queued in
-one transaction (group commit): a batch of 64 reservations costs one commit, not 64. Budget
-checks run inside ``BEGIN IMMEDIATE`` transactions, so they are atomic across threads and
-processes sharing the file.
+Every operation runs in a ``BEGIN IMMEDIATE`` transaction, so budget checks are atomic across
+threads and processes sharing the file. Operations inside ``with ledger.transaction():`` share
+one commit (the client reserves a window of 64 requests, or records the replies that arrived
+together, in one commit rather than 64).
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
 import threading
 import time
-from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 from domdistill.errors import RunFolderError
 
@@ -137,64 +136,35 @@ class Ledger:
             Path(shared_cache).parent.mkdir(parents=True, exist_ok=True)
             self._shared = connect(shared_cache)
             self._shared.executescript(_SCHEMA)
-        self._queue: queue.Queue[tuple[Callable[..., Any], tuple, Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
-        self._thread.start()
-        self.submit(self._set_limits).result()
+        self._lock = threading.RLock()
+        self._depth = 0
+        with self.transaction():
+            self._set_limits()
 
-    # ------------------------------------------------------------------ writer thread
-    def _writer(self) -> None:
-        while True:
-            item = self._queue.get()
-            batch = [item]
-            while True:
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction for the operations inside (re-entrant, thread-safe)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            ops = [b for b in batch if b is not None]
-            if ops:
-                self._run_batch(ops)
-            if any(b is None for b in batch):
+                    yield
+                finally:
+                    self._depth -= 1
                 return
-
-    def _run_batch(self, ops: list[tuple[Callable[..., Any], tuple, Future]]) -> None:
-        ops = [op for op in ops if op[2].set_running_or_notify_cancel()]  # skip cancelled callers
-        if not ops:
-            return
-        results: list[tuple[Future, Any, BaseException | None]] = []
-        try:
             self._con.execute("BEGIN IMMEDIATE")
-            for fn, args, fut in ops:
-                try:
-                    results.append((fut, fn(*args), None))
-                except sqlite3.Error:
-                    raise
-                except Exception as e:  # an op's own error fails only that op
-                    results.append((fut, None, e))
-            self._con.execute("COMMIT")
-        except BaseException as e:
-            if self._con.in_transaction:
-                self._con.execute("ROLLBACK")
-            for _, _, fut in ops:
-                fut.set_exception(e)
-            return
-        for fut, value, err in results:
-            fut.set_exception(err) if err is not None else fut.set_result(value)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on the writer thread inside a write transaction; its Future
-        resolves after the transaction is committed."""
-        fut: Future = Future()
-        if not self._thread.is_alive():
-            raise RuntimeError("ledger is closed")
-        self._queue.put((fn, args, fut))
-        return fut
+            self._depth = 1
+            try:
+                yield
+                self._con.execute("COMMIT")
+            except BaseException:
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
         self._con.close()
         if self._shared is not None:
             self._shared.close()
@@ -205,7 +175,7 @@ class Ledger:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ operations (writer thread)
+    # ------------------------------------------------------------------ operations (in a transaction)
     def _set_limits(self) -> None:
         for name, value in (("calls", self.budget.calls), ("tokens", self.budget.tokens),
                             ("money", self.budget.money)):
@@ -315,34 +285,38 @@ class Ledger:
                           "WHERE key=?", (error, attempts, now, key))
 
     # ------------------------------------------------------------------ public, thread-safe
-    def lookup(self, keys: list[str]) -> Future:
-        """Future of ``{key: CallRecord}`` for the keys already delivered (here or in the shared cache)."""
-        return self.submit(self._lookup, list(keys))
+    def lookup(self, keys: list[str]) -> dict[str, CallRecord]:
+        """``{key: CallRecord}`` for the keys already delivered (here or in the shared cache)."""
+        with self.transaction():
+            return self._lookup(list(keys))
 
     def reserve(self, key: str, tags: Tags, request: dict[str, Any] | None = None,
-                est_tokens: int = 0, teacher: str | None = None) -> Future:
-        """Future of a :class:`Reservation`; when ``new`` or ``resend`` the row is in flight."""
+                est_tokens: int = 0, teacher: str | None = None) -> Reservation:
+        """Check the budget and charge ``key``; when ``new`` or ``resend`` the row is in flight."""
         blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
-        return self.submit(self._reserve, key, tags, blob, int(est_tokens), teacher)
+        with self.transaction():
+            return self._reserve(key, tags, blob, int(est_tokens), teacher)
 
     def complete(self, key: str, response: str, data: dict | None = None, prompt_tokens: int = 0,
-                 completion_tokens: int = 0, latency_s: float = 0.0, attempts: int = 1) -> Future:
-        return self.submit(self._complete, key, response, data, prompt_tokens, completion_tokens,
-                           latency_s, attempts)
+                 completion_tokens: int = 0, latency_s: float = 0.0, attempts: int = 1) -> None:
+        """Record the delivered response of an in-flight call."""
+        with self.transaction():
+            self._complete(key, response, data, prompt_tokens, completion_tokens, latency_s, attempts)
 
     def fail(self, key: str, error: str, attempts: int = 0, release: bool = False,
-             tags: Tags | None = None, request: dict[str, Any] | None = None) -> Future:
+             tags: Tags | None = None, request: dict[str, Any] | None = None) -> None:
         """Record a dead letter. ``release`` gives the charge back (the provider refused every attempt)."""
         blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
-        return self.submit(self._fail, key, error, attempts, release, tags, blob)
+        with self.transaction():
+            self._fail(key, error, attempts, release, tags, blob)
 
     def spent(self) -> dict[str, float]:
         """Charged calls, tokens and money so far (in-flight included)."""
-        return self.submit(lambda: dict(self._con.execute(
-            "SELECT calls, tokens, money FROM spend").fetchone())).result()
+        with self._lock:
+            return dict(self._con.execute("SELECT calls, tokens, money FROM spend").fetchone())
 
     def counts(self) -> dict[str, int]:
         """Rows per status."""
-        return self.submit(lambda: {r[0]: r[1] for r in self._con.execute(
-            "SELECT status, count(*) FROM calls GROUP BY status")}).result()
-
+        with self._lock:
+            return {r[0]: r[1] for r in self._con.execute(
+                "SELECT status, count(*) FROM calls GROUP BY status")}
