@@ -22,9 +22,12 @@ TOLERANCE = 1e-4  # absolute, per logged step (measured: below 1e-6)
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("loss", ["sft", "kd"])
+def test_two_processes_match_one(tmp_path, loss):
+    """Supervised fine-tuning, and the chunked CE + KD loss of KD/DDK (whose student forward
+    must go through the DDP wrapper for the gradients to be averaged)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--steps", "20", "--save-steps", "10"]
+    common = ["--steps", "20", "--save-steps", "10"] + (["--kd"] if loss == "kd" else [])
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(WORKER), str(one), "--batch", "8", *common], env=env, check=True,
                    capture_output=True)

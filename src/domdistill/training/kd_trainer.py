@@ -9,8 +9,12 @@ Without a teacher, or with ``gamma = 0``, the loss is the plain LM cross-entropy
 
 Sequences are plain LM text: ``labels`` equal ``input_ids`` with padding (and anything else not
 to be learned) set to -100; the trainer shifts them. Checkpoints behave as in
-:class:`~domdistill.training.sft.CheckpointTrainer` (atomic, with method state). One process
-only: the student's body is called directly, outside any DDP wrapper.
+:class:`~domdistill.training.sft.CheckpointTrainer` (atomic, with method state).
+
+The student runs through its own (possibly DDP-wrapped) forward with ``logits_to_keep=1``, so
+DDP's gradient synchronisation works under ``accelerate launch``; a hook on the body picks up
+the final hidden states. Schemes that shard parameters (FSDP, DeepSpeed ZeRO-3) are refused:
+the chunked loss reads the lm_head weight outside the forward.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.integrations import is_deepspeed_zero3_enabled
 
+from domdistill.errors import ConfigError
 from domdistill.models.compat import check_kd_compatible
+from domdistill.training.data import IGNORE_INDEX
 from domdistill.training.kd_losses import KDLossParts, chunked_kd_loss, sparse_kd_loss
 from domdistill.training.sft import CheckpointTrainer
 
@@ -32,17 +39,28 @@ BatchFn = Callable[[dict[str, Any]], dict[str, Tensor]]
 
 
 def unwrap(model: Any) -> Any:
-    """The plain causal-LM module under a peft wrapper (LoRA layers stay injected in it)."""
+    """The plain causal-LM module under DDP/DeepSpeed and peft wrappers (LoRA layers stay in it)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def hidden_and_head(model: Any, input_ids: Tensor, attention_mask: Tensor | None
                     ) -> tuple[Tensor, Tensor]:
-    """Final hidden states (B, L, H), after the last norm, and the lm_head weight (V, H)."""
+    """Final hidden states (B, L, H), after the last norm, and the lm_head weight (V, H).
+
+    The call goes through ``model``'s own forward (a DDP wrapper included) with logits for the
+    last position only; a forward hook on the body captures its ``last_hidden_state``."""
     m = unwrap(model)
     body = getattr(m, m.base_model_prefix)
-    out = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state, m.get_output_embeddings().weight
+    captured: list[Tensor] = []
+    hook = body.register_forward_hook(lambda _mod, _args, out: captured.append(out[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return captured[-1], m.get_output_embeddings().weight
 
 
 def lm_loss(hidden: Tensor, weight: Tensor, labels: Tensor) -> KDLossParts:
@@ -77,6 +95,11 @@ def kd_loss(model: Any, batch: dict[str, Tensor], teacher: Any | None = None, *,
     return lm_loss(h, w, labels)
 
 
+def _targets(batch: dict[str, Any]) -> int:
+    """Target tokens of a batch (labels are shifted in the loss)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
 def freeze(teacher: Any, device: torch.device | str | None = None) -> Any:
     """Eval mode, no gradients, on ``device``: how a teacher is used for logit KD."""
     teacher.eval()
@@ -95,37 +118,52 @@ class KDTrainer(CheckpointTrainer):
     the logs as ``ce`` and ``kd``.
     """
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: the Trainer rescales
+    loss_is_scaled_for_ga = True  # compute_loss divides by the target tokens of the whole step
 
     def __init__(self, *args: Any, teacher: Any | None = None, teacher_tokenizer: Any = None,
                  gamma: float = 0.2, temperature: float = 1.0, divergence: str = "fkl",
                  batch_fn: BatchFn | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled or is_deepspeed_zero3_enabled():
+            raise ConfigError("logit KD reads the student's lm_head weight outside its forward, "
+                              "which FSDP and DeepSpeed ZeRO-3 shard: use DDP or ZeRO-1/2 "
+                              "(examples/accelerate/deepspeed_zero2.yaml)")
         if teacher is not None and teacher_tokenizer is not None:
             check_kd_compatible(teacher_tokenizer, self.processing_class, teacher.config,
                                 unwrap(self.model).config)
         self.teacher = freeze(teacher, self.args.device) if teacher is not None else None
         self.gamma, self.temperature, self.divergence = gamma, temperature, divergence
         self.batch_fn = batch_fn
-        self._sums = {"ce": 0.0, "kd": 0.0, "n": 0}
+        self._sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor:
+        """Target tokens in this optimizer step's micro-batches, summed over processes. The
+        micro-batches are turned into token batches here, once (``batch_fn``)."""
+        if self.batch_fn is not None:
+            batch_samples[:] = [self.batch_fn(b) for b in batch_samples]
+        n = torch.tensor(sum(_targets(b) for b in batch_samples), device=device)
+        return self.accelerator.gather(n).sum() if self.args.world_size > 1 else n
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        batch = self.batch_fn(inputs) if self.batch_fn is not None else inputs
         device = self.args.device
-        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         parts = kd_loss(model, batch, self.teacher, gamma=self.gamma,
                         temperature=self.temperature, divergence=self.divergence)
-        self._sums["ce"] += float(parts.ce)
-        self._sums["kd"] += float(parts.kd)
-        self._sums["n"] += 1
-        return (parts.total, None) if return_outputs else parts.total
+        tokens = _targets(batch)
+        self._sums["ce"] += float(parts.ce) * tokens
+        self._sums["kd"] += float(parts.kd) * tokens
+        self._sums["tokens"] += tokens
+        # mean over the step's target tokens on every process: DDP averages the gradients over
+        # processes, hence the world size
+        total = parts.total * tokens * self.args.world_size / max(1, int(num_items_in_batch))
+        return (total, None) if return_outputs else total
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        n = self._sums["n"]
-        if "loss" in logs and n:
+        n = self._sums["tokens"]
+        if "loss" in logs and n:  # token means of the two parts since the last log (this process)
             logs["ce"] = round(self._sums["ce"] / n, 5)
             if self.gamma > 0:
                 logs["kd"] = round(self._sums["kd"] / n, 5)
-            self._sums = {"ce": 0.0, "kd": 0.0, "n": 0}
+            self._sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
         super().log(logs, *args, **kwargs)
