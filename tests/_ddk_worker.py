@@ -28,7 +28,7 @@ def make_teacher(root: Path) -> Path:
 
 
 def ddk_config(teacher: Path, out: Path, method: str = "ddk", steps: int = 25,
-               **method_opts: Any):
+               tracking: list[str] | None = None, **method_opts: Any):
     from domdistill.config import config_from_dict
 
     return config_from_dict({
@@ -36,7 +36,8 @@ def ddk_config(teacher: Path, out: Path, method: str = "ddk", steps: int = 25,
         "student": {"model": "nano"},
         "method": {"name": method, "interval_steps": 5, "val_per_domain": 6, **method_opts},
         "training": {**TRAINING, "max_steps": steps, "save_steps": 4},
-        "evaluation": {"batch_size": 32}, "output": {"dir": str(out)}})
+        "evaluation": {"batch_size": 32},
+        "output": {"dir": str(out), "tracking": tracking or []}})
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ddk_run(teacher, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddk") / "run"
-    run_config(ddk_config(teacher, out, "ddk", steps=20), progress=False)
+    run_config(ddk_config(teacher, out, "ddk", steps=20, tracking=["tensorboard"]), progress=False)
     return out
 
 
@@ -100,6 +100,21 @@ def test_history_per_interval_and_eq2_weights(ddk_run, teacher):
         m["ppl_ratio"] for m in res["metrics"]["per_domain"].values())
     assert (ddk_run / "domain_weights.png").stat().st_size > 5000
     assert len(res["training"]["losses"]) == 20 and res["training"]["losses"][-1]["kd"] > 0
+
+
+def test_intervals_loss_and_test_metrics_reach_tensorboard(ddk_run):
+    from test_report import _scalars
+
+    res = json.loads((ddk_run / "results.json").read_text())
+    s = _scalars(ddk_run / "logs" / "tensorboard")
+    for h in res["history"]:  # every interval's weights and ratios, at its step
+        for d, w in h["weights"].items():
+            assert (h["step"], pytest.approx(w)) in s[f"weight/{d}"]
+            assert (h["step"], pytest.approx(h["ratio"][d], rel=1e-5)) in s[f"ppl_ratio/{d}"]
+    assert [v for _, v in s["train/loss"]] == pytest.approx(
+        [e["loss"] for e in res["training"]["losses"]], rel=1e-5)
+    macro = res["metrics"]["macro"]
+    assert s["eval/macro/worst_ppl_ratio"] == [(20, pytest.approx(macro["worst_ppl_ratio"], rel=1e-5))]
 
 
 def test_teacher_perplexities_are_cached_and_reused(ddk_run, teacher):

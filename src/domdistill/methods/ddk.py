@@ -23,6 +23,7 @@ resumes with the same weights and draws.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from domdistill.config import RunConfig
+from domdistill.evaluation.tracking import Tracker, metric_scalars
 from domdistill.io import atomic_write_json
 from domdistill.methods import ddk_parts as parts
 from domdistill.methods.task import Task
@@ -106,24 +108,29 @@ class DDKRun:
                           {d: [ex.id for ex in exs] for d, exs in val.items()})
         val_texts = {d: [parts.lm_text(ex) for ex in exs] for d, exs in val.items()}
         teacher_ppl = self._teacher_ppl(teacher, tok, val_texts, "val")
-        if (self.student_dir / "config.json").is_file() and self.state_path.is_file():
-            import json
+        tracker = Tracker.from_config(self.cfg, self.dir.root)
+        try:
+            if (self.student_dir / "config.json").is_file() and self.state_path.is_file():
+                state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            else:
+                state = self._train(student, tok, teacher, train, val_texts, teacher_ppl, tracker)
+                from domdistill.methods.students import load_trained_student
 
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        else:
-            state = self._train(student, tok, teacher, train, val_texts, teacher_ppl)
-            from domdistill.methods.students import load_trained_student
-
-            student, tok = load_trained_student(self.student_dir)
-        metrics = self._test_metrics(student, tok, teacher)
+                student, tok = load_trained_student(self.student_dir)
+            metrics = self._test_metrics(student, tok, teacher)
+            tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
+        finally:
+            tracker.close()
         if state["history"]:
             parts.plot_domain_weights(state["history"], self.dir.root / "domain_weights.png",
                                       f"{self.method}: domain weights")
         return self._results(metrics, state, {d: len(v) for d, v in train.items()},
                              {d: len(v) for d, v in val.items()}, time.time() - start)
 
-    def _train(self, student, tok, teacher, train, val_texts, teacher_ppl) -> dict[str, Any]:
-        """Interval-wise training; returns the final DDK state (history, tokens, losses)."""
+    def _train(self, student, tok, teacher, train, val_texts, teacher_ppl,
+               tracker: Tracker) -> dict[str, Any]:
+        """Interval-wise training; returns the final DDK state (history, tokens, losses). Each
+        interval's weights and perplexities go to ``tracker`` as they are measured."""
         from transformers.trainer_callback import PrinterCallback
         from transformers.utils import logging as hf_logging
 
@@ -169,6 +176,7 @@ class DDKRun:
                      "weights": parts.initial_mixture(self.method, cfg, counts, factor)}
             plan.sampler.set_weights(state["weights"])
             state["history"].append(entry(0, ppl0))
+            tracker.log_interval(0, state["weights"], ppl0, teacher_ppl)
 
         def on_boundary(step: int, model) -> None:
             ppl = measure(model)
@@ -179,6 +187,7 @@ class DDKRun:
                     state["weights"] = dict(state["factor"])
                     plan.sampler.set_weights(state["weights"])
             state["history"].append(entry(step, ppl))
+            tracker.log_interval(step, state["weights"], ppl, teacher_ppl)
 
         callbacks = [IntervalCallback(m.interval_steps, total, on_boundary)]
         if os.environ.get("DOMDISTILL_PRINT_STEPS"):
@@ -208,6 +217,7 @@ class DDKRun:
         for prev, cur in zip(state["history"], state["history"][1:]):  # mean loss per interval
             inside = [e["loss"] for e in state["losses"] if prev["step"] < e["step"] <= cur["step"]]
             cur["loss"] = sum(inside) / len(inside) if inside else None
+        tracker.log_curve("train/loss", [(e["step"], e["loss"]) for e in state["losses"]])
         state["tokens"] = plan.tokens
         state["steps"] = total
         save_student(trainer.model, tok, self.student_dir)
