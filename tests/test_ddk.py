@@ -68,6 +68,26 @@ def test_kd_trainer_loss_matches_full_logit_reference(teacher):
     assert float(ce_only.total) == pytest.approx(float(ref), rel=1e-5)
 
 
+def test_divergence_and_its_parameter_reach_the_loss(teacher, tmp_path):
+    t_model, tok = load_model_and_tokenizer(teacher, dtype="float32")
+    student = build_tiny_model("nano", tok, seed=1)
+    batch = PadCollator(tok.pad_token_id)([encode_pair(tok, "", t, 64) for t in ["7 * 8 = 56", "xyz"]])
+    with torch.no_grad():
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_logits = t_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    for name, param in (("jsd", 0.3), ("skew_rkl", 0.4), ("tvd", None)):
+        parts = kd_loss(student, batch, t_model, divergence=name, divergence_param=param)
+        _, _, kd = full_logit_kd_loss(s_logits[:, :-1], t_logits[:, :-1], batch["labels"][:, 1:],
+                                      divergence=name, beta=param, lam=param)
+        assert float(parts.kd) == pytest.approx(float(kd), rel=1e-5), name
+    # a parameter out of range is refused before anything trains, naming the config field
+    with pytest.raises(ConfigError, match=r"beta for 'jsd' must be in \[0") as err:
+        ddk_config(teacher, tmp_path / "run", "kd", divergence="jsd", divergence_param=1.5)
+    assert "method.divergence_param" in str(err.value)
+    with pytest.raises(ConfigError, match="offline top-k logits train with forward KL"):
+        ddk_config(teacher, tmp_path / "x", "kd", divergence="rkl", teacher_logits="offline")
+
+
 def test_history_per_interval_and_eq2_weights(ddk_run, teacher):
     res = json.loads((ddk_run / "results.json").read_text())
     hist = res["history"]

@@ -22,8 +22,8 @@ from domdistill.training.kd_losses import (
 
 F64 = torch.float64
 DIVERGENCES = [("fkl", None), ("rkl", None), ("jsd", 0.5), ("jsd", 0.0), ("jsd", 1.0),
-               ("jsd", 0.3), ("sfkl", 0.1), ("sfkl", 0.4), ("srkl", 0.1), ("srkl", 0.4),
-               ("tv", None)]
+               ("jsd", 0.3), ("skew_fkl", 0.1), ("skew_fkl", 0.4), ("skew_rkl", 0.1), ("skew_rkl", 0.4),
+               ("tvd", None)]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,7 +49,7 @@ def _grads(loss: torch.Tensor, *params: torch.Tensor) -> list[torch.Tensor]:
 def _kw(div: str, param: float | None, temperature: float) -> dict:
     return dict(divergence=div, temperature=temperature, gamma=0.7,
                 beta=param if div == "jsd" else None,
-                lam=param if div in ("sfkl", "srkl") else None)
+                lam=param if div in ("skew_fkl", "skew_rkl") else None)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from domdistill.errors import ConfigError
 
@@ -130,6 +131,8 @@ class MethodConfig(Section):
     gamma: float = Field(0.2, ge=0)
     kd_temperature: float = Field(1.0, gt=0)
     divergence: Literal["fkl", "rkl", "jsd", "skew_fkl", "skew_rkl", "tvd"] = "fkl"
+    divergence_param: float | None = Field(
+        None, description="beta of jsd (default 0.5), lambda of skew_fkl/skew_rkl (default 0.1)")
     interval_steps: int = Field(10, gt=0)
     smoothing_alpha: float = Field(0.5, ge=0, le=1)
     val_per_domain: int = Field(500, gt=0)
@@ -148,6 +151,26 @@ class MethodConfig(Section):
         if self.stages > self.budget:
             raise ValueError(f"stages ({self.stages}) is larger than budget ({self.budget}): "
                              "every stage needs at least one teacher call")
+        return self
+
+    @field_validator("divergence_param")
+    @classmethod
+    def _divergence_param_in_range(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None:
+            from domdistill.training.divergences import resolve_divergence
+
+            try:
+                resolve_divergence(info.data.get("divergence", "fkl"), value, value)
+            except ConfigError as e:
+                raise ValueError(e.reason) from None
+        return value
+
+    @model_validator(mode="after")
+    def _offline_logits_use_forward_kl(self) -> "MethodConfig":
+        if self.teacher_logits == "offline" and self.divergence != "fkl":
+            raise ValueError(f"divergence {self.divergence!r} needs the teacher's full distribution; "
+                             "offline top-k logits train with forward KL (divergence: fkl), or use "
+                             "teacher_logits: online")
         return self
 
 

@@ -7,6 +7,7 @@ domains, so 52 domain labels never overlap.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from domdistill.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from domdistill.evaluation.report import Run
@@ -33,7 +36,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -189,6 +194,23 @@ def ddk_training(runs: Sequence["Run"], path: Path) -> Path | None:
             ax.set_xticks(idx, [str(steps[i]) for i in idx])
             ax.set_yticks(range(len(domains)), domains, fontsize=7 if len(domains) > 20 else 9)
     fig.suptitle("DDK: domain weights and perplexity gap over training", fontweight="bold")
+    return _save(fig, path)
+
+
+def domain_weight_lines(history: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """One DDK run's domain sampling weights over training, one step line per domain."""
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    steps = [h["step"] for h in history]
+    domains = list(history[0]["weights"])
+    colors = colormaps["tab20" if len(domains) > 10 else "tab10"]
+    for i, d in enumerate(domains):
+        ax.step(steps, [h["weights"][d] for h in history], where="post", label=d,
+                color=colors(i % colors.N))
+    ax.set_xlabel("optimizer step (weights apply from this step on)")
+    ax.set_ylabel("domain sampling weight")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 

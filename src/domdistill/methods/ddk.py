@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from domdistill.config import RunConfig
+from domdistill.evaluation.plots import domain_weight_lines
 from domdistill.evaluation.tracking import Tracker, metric_scalars
 from domdistill.io import atomic_write_json
 from domdistill.methods import ddk_parts as parts
@@ -122,8 +123,8 @@ class DDKRun:
         finally:
             tracker.close()
         if state["history"]:
-            parts.plot_domain_weights(state["history"], self.dir.root / "domain_weights.png",
-                                      f"{self.method}: domain weights")
+            domain_weight_lines(state["history"], self.dir.root / "domain_weights.png",
+                                f"{self.method}: domain weights")
         return self._results(metrics, state, {d: len(v) for d, v in train.items()},
                              {d: len(v) for d, v in val.items()}, time.time() - start)
 
@@ -201,7 +202,7 @@ class DDKRun:
             data_collator=collate_slots, processing_class=tok, callbacks=callbacks,
             method_state=lambda: {"ddk": state, "plan": plan.state_dict()}, teacher=online,
             gamma=m.gamma if self.uses_kd else 0.0, temperature=m.kd_temperature,
-            divergence=m.divergence, batch_fn=plan.resolve)
+            divergence=m.divergence, divergence_param=m.divergence_param, batch_fn=plan.resolve)
         bars = hf_logging.is_progress_bar_enabled()
         if not show_progress(self.progress):
             trainer.remove_callback(PrinterCallback)

@@ -14,7 +14,7 @@ from typing import Any
 from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.data.templates import StudentTemplate
-from domdistill.io import atomic_write_bytes, atomic_write_json
+from domdistill.io import atomic_write_json
 from domdistill.methods.task import Task
 from domdistill.runs import RunDir
 from domdistill.training import domain_weights as dw
@@ -117,28 +117,3 @@ def ppl_metrics(student: dict[str, tuple[float, int, int]], teacher: dict[str, f
     return {"n": sum(v[2] for v in student.values()), "per_domain": per, "macro": macro,
             "micro": micro, "head": {"domains": head, **mean(head)},
             "tail": {"domains": tail, **mean(tail)}}
-
-
-def plot_domain_weights(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Domain weights over training (one line per domain), saved as a PNG."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [h["step"] for h in history]
-    colors = plt.get_cmap("tab20" if len(history[0]["weights"]) > 10 else "tab10")
-    for i, d in enumerate(history[0]["weights"]):
-        ax.step(steps, [h["weights"][d] for h in history], where="post", label=d,
-                color=colors(i % colors.N))
-    ax.set_xlabel("optimizer step (weights apply from this step on)")
-    ax.set_ylabel("domain sampling weight")
-    ax.set_title(title)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -4,20 +4,20 @@ Notation, per token: ``p`` is the teacher distribution and ``q`` the student's, 
 temperature ``T`` (softmax of logits / T); ``lp``/``lq`` are their logs; ``z`` are the student's
 logits divided by ``T``.
 
-==========  =====================================  ==========================================
-name        D(p, q)                                parameter
-==========  =====================================  ==========================================
-``fkl``     KL(p || q)  (forward KL, the default)  none
-``rkl``     KL(q || p)  (reverse KL, MiniLLM)      none
-``jsd``     beta KL(p||m) + (1-beta) KL(q||m),     ``beta`` in [0, 1], default 0.5.
-            m = beta p + (1-beta) q                TRL's GKD convention: beta = 0 is exactly
-                                                   ``fkl`` and beta = 1 exactly ``rkl`` (the
-                                                   formula itself tends to beta KL(p||q) -> 0
-                                                   as beta -> 0); beta = 0.5 is the usual JSD.
-``sfkl``    KL(p || lam p + (1-lam) q)  (skew)     ``lam`` in [0, 1), default 0.1 (DistiLLM)
-``srkl``    KL(q || lam q + (1-lam) p)  (skew)     ``lam`` in [0, 1), default 0.1
-``tv``      0.5 sum |p - q|  (total variation)     none
-==========  =====================================  ==========================================
+============  =====================================  ==========================================
+name          D(p, q)                                parameter
+============  =====================================  ==========================================
+``fkl``       KL(p || q)  (forward KL, the default)  none
+``rkl``       KL(q || p)  (reverse KL, MiniLLM)      none
+``jsd``       beta KL(p||m) + (1-beta) KL(q||m),     ``beta`` in [0, 1], default 0.5.
+              m = beta p + (1-beta) q                TRL's GKD convention: beta = 0 is exactly
+                                                     ``fkl`` and beta = 1 exactly ``rkl`` (the
+                                                     formula itself tends to beta KL(p||q) -> 0
+                                                     as beta -> 0); beta = 0.5 is the usual JSD.
+``skew_fkl``  KL(p || lam p + (1-lam) q)  (skew)     ``lam`` in [0, 1), default 0.1 (DistiLLM)
+``skew_rkl``  KL(q || lam q + (1-lam) p)  (skew)     ``lam`` in [0, 1), default 0.1
+``tvd``       0.5 sum |p - q|  (total variation)     none
+============  =====================================  ==========================================
 
 Each divergence is a function ``(lq, q, lp, p, out, param) -> D`` over a chunk of rows: it
 returns D per row and writes dD/dz into ``out`` (same shape as ``q``), using ``out`` as scratch so
@@ -142,9 +142,9 @@ DIVERGENCES: dict[str, Divergence] = {
     "fkl": Divergence(fkl),
     "rkl": Divergence(rkl),
     "jsd": Divergence(jsd, "beta", 0.5),
-    "sfkl": Divergence(sfkl, "lam", 0.1, high=0.999999),
-    "srkl": Divergence(srkl, "lam", 0.1, high=0.999999),
-    "tv": Divergence(tv),
+    "skew_fkl": Divergence(sfkl, "lam", 0.1, high=0.999999),
+    "skew_rkl": Divergence(srkl, "lam", 0.1, high=0.999999),
+    "tvd": Divergence(tv),
 }
 
 
@@ -173,8 +173,8 @@ def _reference_divergence(name: str, lq: Tensor, lp: Tensor, param: float) -> Te
     q, p = lq.exp(), lp.exp()
     if name == "jsd" and param in (0.0, 1.0):
         name = "fkl" if param == 0.0 else "rkl"
-    if name in ("sfkl", "srkl") and param == 0.0:
-        name = name[1:]
+    if name in ("skew_fkl", "skew_rkl") and param == 0.0:
+        name = name.removeprefix("skew_")
     if name == "fkl":
         return (p * (lp - lq)).sum(-1)
     if name == "rkl":
@@ -182,11 +182,11 @@ def _reference_divergence(name: str, lq: Tensor, lp: Tensor, param: float) -> Te
     if name == "jsd":
         lm = (param * p + (1 - param) * q).log()
         return param * (p * (lp - lm)).sum(-1) + (1 - param) * (q * (lq - lm)).sum(-1)
-    if name == "sfkl":
+    if name == "skew_fkl":
         return (p * (lp - (param * p + (1 - param) * q).log())).sum(-1)
-    if name == "srkl":
+    if name == "skew_rkl":
         return (q * (lq - (param * q + (1 - param) * p).log())).sum(-1)
-    if name == "tv":
+    if name == "tvd":
         return 0.5 * (p - q).abs().sum(-1)
     raise ConfigError(f"unknown divergence '{name}'", field="divergence")
 

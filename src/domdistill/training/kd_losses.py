@@ -233,8 +233,8 @@ def chunked_kd_loss(student_hidden: Tensor, student_weight: Tensor, teacher_hidd
         teacher_weight: (V_t, H_t) teacher lm_head weight; no gradient.
         labels: (...) target token ids aligned with the rows (already shifted);
             ``ignore_index`` rows are excluded from both means.
-        divergence: ``fkl`` (default), ``rkl``, ``jsd`` (``beta``), ``sfkl``/``srkl``
-            (``lam``) or ``tv``; see :mod:`domdistill.training.divergences`.
+        divergence: ``fkl`` (default), ``rkl``, ``jsd`` (``beta``), ``skew_fkl``/``skew_rkl``
+            (``lam``) or ``tvd``; see :mod:`domdistill.training.divergences`.
         chunk_size: rows per chunk; ``None`` picks :func:`auto_chunk_size` of the vocabulary.
         return_parts: return :class:`KDLossParts` (total, ce, kd, n_tokens) instead of total.
     """

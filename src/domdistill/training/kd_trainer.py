@@ -29,11 +29,9 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from domdistill.errors import ConfigError
 from domdistill.models.compat import check_kd_compatible
 from domdistill.training.data import IGNORE_INDEX
+from domdistill.training.divergences import resolve_divergence
 from domdistill.training.kd_losses import KDLossParts, chunked_kd_loss, sparse_kd_loss
 from domdistill.training.sft import CheckpointTrainer
-
-# MethodConfig.divergence names -> names of the chunked core's registry
-DIVERGENCE_NAMES = {"skew_fkl": "sfkl", "skew_rkl": "srkl", "tvd": "tv"}
 
 BatchFn = Callable[[dict[str, Any]], dict[str, Tensor]]
 
@@ -73,8 +71,8 @@ def lm_loss(hidden: Tensor, weight: Tensor, labels: Tensor) -> KDLossParts:
 
 
 def kd_loss(model: Any, batch: dict[str, Tensor], teacher: Any | None = None, *,
-            gamma: float = 0.2, temperature: float = 1.0, divergence: str = "fkl"
-            ) -> KDLossParts:
+            gamma: float = 0.2, temperature: float = 1.0, divergence: str = "fkl",
+            divergence_param: float | None = None) -> KDLossParts:
     """CE + gamma * KD of ``model`` on one batch (``input_ids``, ``attention_mask``, ``labels``,
     and ``topk_ids``/``topk_logprobs`` for an offline teacher, rows aligned with the shifted
     labels). Only ``total`` carries gradients."""
@@ -90,7 +88,8 @@ def kd_loss(model: Any, batch: dict[str, Tensor], teacher: Any | None = None, *,
             th, tw = hidden_and_head(teacher, ids, mask)
         return chunked_kd_loss(h, w, th[:, :-1], tw, labels, gamma=gamma,
                                temperature=temperature,
-                               divergence=DIVERGENCE_NAMES.get(divergence, divergence),
+                               divergence=divergence, beta=divergence_param,
+                               lam=divergence_param,
                                return_parts=True)
     return lm_loss(h, w, labels)
 
@@ -122,7 +121,8 @@ class KDTrainer(CheckpointTrainer):
 
     def __init__(self, *args: Any, teacher: Any | None = None, teacher_tokenizer: Any = None,
                  gamma: float = 0.2, temperature: float = 1.0, divergence: str = "fkl",
-                 batch_fn: BatchFn | None = None, **kwargs: Any):
+                 divergence_param: float | None = None, batch_fn: BatchFn | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled or is_deepspeed_zero3_enabled():
             raise ConfigError("logit KD reads the student's lm_head weight outside its forward, "
@@ -132,7 +132,12 @@ class KDTrainer(CheckpointTrainer):
             check_kd_compatible(teacher_tokenizer, self.processing_class, teacher.config,
                                 unwrap(self.model).config)
         self.teacher = freeze(teacher, self.args.device) if teacher is not None else None
+        try:  # fail before any compute
+            resolve_divergence(divergence, divergence_param, divergence_param)
+        except ConfigError as e:
+            raise ConfigError(e.reason, field="method.divergence_param") from None
         self.gamma, self.temperature, self.divergence = gamma, temperature, divergence
+        self.divergence_param = divergence_param
         self.batch_fn = batch_fn
         self._sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
 
@@ -149,7 +154,8 @@ class KDTrainer(CheckpointTrainer):
         device = self.args.device
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
         parts = kd_loss(model, batch, self.teacher, gamma=self.gamma,
-                        temperature=self.temperature, divergence=self.divergence)
+                        temperature=self.temperature, divergence=self.divergence,
+                        divergence_param=self.divergence_param)
         tokens = _targets(batch)
         self._sums["ce"] += float(parts.ce) * tokens
         self._sums["kd"] += float(parts.kd) * tokens
