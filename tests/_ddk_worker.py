@@ -1,6 +1,6 @@
 """A small DDK run used by the DDK tests (in-process helpers and a crash/resume subprocess).
 
-    python tests/_ddk_worker.py TEACHER_DIR OUT_DIR [--resume] [--method ddk] [--steps 25]
+    python tests/_ddk_worker.py TEACHER_DIR OUT_DIR [--resume] [--method ddk] [--steps 25] [--batch 8]
 
 Distils a nano student from ``TEACHER_DIR`` on a 400-example built-in pool, interval 5,
 checkpoints every 4 steps, deterministic kernels; writes ``OUT_DIR/run`` (a run folder).
@@ -28,14 +28,14 @@ def make_teacher(root: Path) -> Path:
 
 
 def ddk_config(teacher: Path, out: Path, method: str = "ddk", steps: int = 25,
-               tracking: list[str] | None = None, **method_opts: Any):
+               tracking: list[str] | None = None, batch: int = 8, **method_opts: Any):
     from domdistill.config import config_from_dict
 
     return config_from_dict({
         "data": DATA, "teacher": {"kind": "hf", "model": str(teacher)},
         "student": {"model": "nano"},
         "method": {"name": method, "interval_steps": 5, "val_per_domain": 6, **method_opts},
-        "training": {**TRAINING, "max_steps": steps, "save_steps": 4},
+        "training": {**TRAINING, "max_steps": steps, "save_steps": 4, "batch_size": batch},
         "evaluation": {"batch_size": 32},
         "output": {"dir": str(out), "tracking": tracking or []}})
 
@@ -47,11 +47,13 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--method", default="ddk")
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--batch", type=int, default=8, help="per process")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from domdistill.methods import run_config
 
-    cfg = ddk_config(Path(args.teacher), Path(args.out) / "run", args.method, args.steps)
+    cfg = ddk_config(Path(args.teacher), Path(args.out) / "run", args.method, args.steps,
+                     batch=args.batch)
     run_config(cfg, resume=args.resume, progress=False)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -90,3 +92,9 @@ def test_example_tiny_config_is_the_demo():
     demo = config_from_dict(DEMO_BALDISTILL)
     for section in ("data", "teacher", "student", "method", "training", "evaluation"):
         assert getattr(example, section) == getattr(demo, section), section
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")))
+def test_every_example_config_loads(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
+    assert cfg.method.name and cfg.output.dir

@@ -43,3 +43,42 @@ def test_two_processes_match_one(tmp_path, loss):
     latest = ck.latest_checkpoint(two / "checkpoints")
     assert latest is not None and latest.name == "checkpoint-20"
     assert (latest / "rng_state_0.pth").exists() and (latest / "rng_state_1.pth").exists()
+
+
+DDK_WORKER = Path(__file__).with_name("_ddk_worker.py")
+
+
+@pytest.mark.slow
+def test_ddk_run_in_two_processes_matches_one(tmp_path):
+    """A whole DDK run (teacher perplexities, interval re-weighting, checkpoints, results) under
+    ``accelerate launch`` with two processes at half the batch each equals the one-process run:
+    the main process measures and writes, every process trains its half of each step."""
+    sys.path.insert(0, str(DDK_WORKER.parent))
+    from _ddk_worker import make_teacher
+
+    teacher = make_teacher(tmp_path / "teacher")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [str(teacher), "--steps", "12"]
+    subprocess.run([sys.executable, str(DDK_WORKER), *common[:1], str(tmp_path / "one"),
+                    *common[1:], "--batch", "8"], env=env, check=True, capture_output=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29543"]
+    proc = subprocess.run([*launch, str(DDK_WORKER), *common[:1], str(tmp_path / "two"), *common[1:],
+                           "--batch", "4"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "run" / "results.json").read_text()) for n in ("one", "two"))
+    assert [h["step"] for h in two["history"]] == [h["step"] for h in one["history"]] == [0, 5, 10, 12]
+    for a, b in zip(one["history"], two["history"]):
+        assert b["tokens"] == a["tokens"]  # the same sequences, counted over both processes
+        for d in a["weights"]:
+            assert b["weights"][d] == pytest.approx(a["weights"][d], rel=1e-4)
+            assert b["student_ppl"][d] == pytest.approx(a["student_ppl"][d], rel=1e-4)
+    assert [e["step"] for e in two["training"]["losses"]] == [e["step"] for e in one["training"]["losses"]]
+    for a, b in zip(one["training"]["losses"], two["training"]["losses"]):
+        assert b["loss"] == pytest.approx(a["loss"], abs=TOLERANCE)
+    assert two["metrics"]["macro"]["ppl_ratio"] == pytest.approx(one["metrics"]["macro"]["ppl_ratio"], rel=1e-4)
+    run = tmp_path / "two" / "run"
+    assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-12"
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".json") == [
+        "ddk_state.json", "results.json", "teacher_ppl.json", "validation.json"]

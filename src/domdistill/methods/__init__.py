@@ -15,8 +15,9 @@ DDK_FAMILY = ("cpt", "kd", "ddk_es", "ddk_wo_fs", "ddk")
 def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | None = None,
                resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the method ``cfg.method.name`` into a run folder; returns ``results.json``'s content."""
+    from domdistill import distributed as dist
     from domdistill.methods.task import load_task
-    from domdistill.runs import prepare_run_dir
+    from domdistill.runs import RunDir, prepare_run_dir
 
     if cfg.training.cpu_threads:
         import torch
@@ -24,10 +25,20 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
         torch.set_num_threads(cfg.training.cpu_threads)
     task = load_task(cfg.data)  # bad data fails here, before any folder is touched
     check_models(cfg)
-    run_dir = prepare_run_dir(out or cfg.output.dir,
-                              overwrite=cfg.output.overwrite if overwrite is None else overwrite,
-                              resume=resume)
-    save_config(cfg, run_dir.config)
+    if dist.launched() and cfg.method.name not in DDK_FAMILY:
+        from domdistill.errors import ConfigError
+
+        raise ConfigError(f"{cfg.method.name} runs in one process (teacher calls, selection and "
+                          "fine-tuning); launch it without accelerate launch / torchrun",
+                          field="method.name")
+
+    def prepare() -> RunDir:
+        run_dir = prepare_run_dir(out or cfg.output.dir, resume=resume,
+                                  overwrite=cfg.output.overwrite if overwrite is None else overwrite)
+        save_config(cfg, run_dir.config)
+        return run_dir
+
+    run_dir = dist.on_main(prepare)  # several processes: the main one prepares the folder
     if cfg.method.name in BALDISTILL_FAMILY:
         from domdistill.methods.baldistill import BalDistillRun
 

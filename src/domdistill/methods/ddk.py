@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from domdistill import distributed as dist
 from domdistill.config import RunConfig
 from domdistill.evaluation.plots import domain_weight_lines
 from domdistill.evaluation.tracking import Tracker, metric_scalars
@@ -94,9 +95,10 @@ class DDKRun:
         import torch
 
         if torch.cuda.is_available():  # perplexities are measured before the Trainer moves them
-            teacher = teacher.to("cuda") if teacher is not None else None
+            device = dist.device()
+            teacher = teacher.to(device) if teacher is not None else None
             if not getattr(student, "is_loaded_in_4bit", False):
-                student = student.to("cuda")
+                student = student.to(device)
         return student, tok, teacher
 
     # -- the recipe -------------------------------------------------------------------------
@@ -105,28 +107,35 @@ class DDKRun:
         student, tok, teacher = self._models()
         train, val = parts.split_validation(list(self.task.pool), self.cfg.method.val_per_domain,
                                             self.cfg.data.seed)
-        atomic_write_json(self.dir.root / "validation.json",
-                          {d: [ex.id for ex in exs] for d, exs in val.items()})
+        if dist.is_main():
+            atomic_write_json(self.dir.root / "validation.json",
+                              {d: [ex.id for ex in exs] for d, exs in val.items()})
         val_texts = {d: [parts.lm_text(ex) for ex in exs] for d, exs in val.items()}
-        teacher_ppl = self._teacher_ppl(teacher, tok, val_texts, "val")
-        tracker = Tracker.from_config(self.cfg, self.dir.root)
+        teacher_ppl = dist.on_main(lambda: self._teacher_ppl(teacher, tok, val_texts, "val"))
+        tracker = (Tracker.from_config(self.cfg, self.dir.root) if dist.is_main()
+                   else Tracker(self.dir.root, []))
+        trained = (self.student_dir / "config.json").is_file() and self.state_path.is_file()
         try:
-            if (self.student_dir / "config.json").is_file() and self.state_path.is_file():
-                state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            else:
-                state = self._train(student, tok, teacher, train, val_texts, teacher_ppl, tracker)
-                from domdistill.methods.students import load_trained_student
+            state = (json.loads(self.state_path.read_text(encoding="utf-8")) if trained else
+                     self._train(student, tok, teacher, train, val_texts, teacher_ppl, tracker))
 
-                student, tok = load_trained_student(self.student_dir)
-            metrics = self._test_metrics(student, tok, teacher)
-            tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
+            def finish() -> dict[str, Any]:  # test metrics, plot and results.json
+                nonlocal student, tok
+                if not trained:
+                    from domdistill.methods.students import load_trained_student
+
+                    student, tok = load_trained_student(self.student_dir)
+                metrics = self._test_metrics(student, tok, teacher)
+                tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
+                if state["history"]:
+                    domain_weight_lines(state["history"], self.dir.root / "domain_weights.png",
+                                        f"{self.method}: domain weights")
+                return self._results(metrics, state, {d: len(v) for d, v in train.items()},
+                                     {d: len(v) for d, v in val.items()}, time.time() - start)
+
+            return dist.on_main(finish)
         finally:
             tracker.close()
-        if state["history"]:
-            domain_weight_lines(state["history"], self.dir.root / "domain_weights.png",
-                                f"{self.method}: domain weights")
-        return self._results(metrics, state, {d: len(v) for d, v in train.items()},
-                             {d: len(v) for d, v in val.items()}, time.time() - start)
 
     def _train(self, student, tok, teacher, train, val_texts, teacher_ppl,
                tracker: Tracker) -> dict[str, Any]:
@@ -148,19 +157,19 @@ class DDKRun:
         sequences = {d: [{"key": ex.id, **encode_pair(tok, "", parts.lm_text(ex), self.max_len)}
                          for ex in exs] for d, exs in train.items()}
         counts = {d: len(v) for d, v in sequences.items()}
-        global_batch = tc.batch_size * tc.grad_accum
+        global_batch = tc.batch_size * tc.grad_accum * dist.world_size()
         total = tc.max_steps or max(1, math.ceil(tc.epochs * sum(counts.values()) / global_batch))
 
-        def measure(model) -> dict[str, float]:
-            return domain_perplexities(model, tok, val_texts, self.max_len,
-                                       cfg.evaluation.batch_size)
+        def measure(model) -> dict[str, float]:  # the main process measures for all
+            return dist.on_main(lambda: domain_perplexities(model, tok, val_texts, self.max_len,
+                                                            cfg.evaluation.batch_size))
 
-        def entry(step: int, student_ppl: dict[str, float]) -> dict[str, Any]:
+        def entry(step: int, student_ppl: dict[str, float], tokens: int) -> dict[str, Any]:
             ratio = ({d: student_ppl[d] / teacher_ppl[d] for d in student_ppl}
                      if teacher_ppl else None)
             return {"step": step, "weights": dict(state["weights"]), "factor": state["factor"],
                     "student_ppl": student_ppl, "teacher_ppl": teacher_ppl, "ratio": ratio,
-                    "tokens": plan.tokens}
+                    "tokens": tokens}
 
         checkpoint, saved = ck.resume_point(self.dir.checkpoints)
         sampler = DomainSampler(counts, parts.initial_mixture(self.method, cfg, counts, None),
@@ -176,7 +185,7 @@ class DDKRun:
             state = {"factor": factor, "history": [],
                      "weights": parts.initial_mixture(self.method, cfg, counts, factor)}
             plan.sampler.set_weights(state["weights"])
-            state["history"].append(entry(0, ppl0))
+            state["history"].append(entry(0, ppl0, 0))
             tracker.log_interval(0, state["weights"], ppl0, teacher_ppl)
 
         def on_boundary(step: int, model) -> None:
@@ -187,7 +196,7 @@ class DDKRun:
                 if self.method in parts.ADAPTIVE:
                     state["weights"] = dict(state["factor"])
                     plan.sampler.set_weights(state["weights"])
-            state["history"].append(entry(step, ppl))
+            state["history"].append(entry(step, ppl, trainer.tokens_seen))
             tracker.log_interval(step, state["weights"], ppl, teacher_ppl)
 
         callbacks = [IntervalCallback(m.interval_steps, total, on_boundary)]
@@ -200,9 +209,11 @@ class DDKRun:
         trainer = KDTrainer(
             model=student, args=args, train_dataset=SlotDataset(total * global_batch),
             data_collator=collate_slots, processing_class=tok, callbacks=callbacks,
-            method_state=lambda: {"ddk": state, "plan": plan.state_dict()}, teacher=online,
+            method_state=lambda: {"ddk": {**state, "tokens": trainer.tokens_seen},
+                                  "plan": plan.state_dict()}, teacher=online,
             gamma=m.gamma if self.uses_kd else 0.0, temperature=m.kd_temperature,
             divergence=m.divergence, divergence_param=m.divergence_param, batch_fn=plan.resolve)
+        trainer.tokens_seen = state.get("tokens", 0)  # resumed: what the checkpoint had seen
         bars = hf_logging.is_progress_bar_enabled()
         if not show_progress(self.progress):
             trainer.remove_callback(PrinterCallback)
@@ -219,10 +230,11 @@ class DDKRun:
             inside = [e["loss"] for e in state["losses"] if prev["step"] < e["step"] <= cur["step"]]
             cur["loss"] = sum(inside) / len(inside) if inside else None
         tracker.log_curve("train/loss", [(e["step"], e["loss"]) for e in state["losses"]])
-        state["tokens"] = plan.tokens
+        state["tokens"] = trainer.tokens_seen
         state["steps"] = total
-        save_student(trainer.model, tok, self.student_dir)
-        atomic_write_json(self.state_path, state)
+        if dist.is_main():
+            save_student(trainer.model, tok, self.student_dir)
+            atomic_write_json(self.state_path, state)
         return state
 
     def _offline_topk(self, teacher, tok, sequences):
@@ -231,13 +243,19 @@ class DDKRun:
             return None
         from domdistill.training.logit_cache import build_logit_cache
 
-        cache = build_logit_cache(
-            self.dir.root / "teacher_logits", teacher, tok,
-            [(s["key"], s["input_ids"]) for seqs in sequences.values() for s in seqs],
-            teacher_id=parts.model_id(self.cfg.teacher.model), k=self.cfg.method.topk,
-            temperature=self.cfg.method.kd_temperature, batch_size=self.cfg.evaluation.batch_size,
-            progress=self.progress)
-        return cache.get
+        def build():  # written by the main process; the others then open what it wrote
+            return build_logit_cache(
+                self.dir.root / "teacher_logits", teacher, tok,
+                [(s["key"], s["input_ids"]) for seqs in sequences.values() for s in seqs],
+                teacher_id=parts.model_id(self.cfg.teacher.model), k=self.cfg.method.topk,
+                temperature=self.cfg.method.kd_temperature,
+                batch_size=self.cfg.evaluation.batch_size, progress=self.progress)
+
+        def build_on_main() -> None:
+            build()
+
+        dist.on_main(build_on_main)
+        return build().get
 
     def _test_metrics(self, student, tok, teacher) -> dict[str, Any]:
         """Per-domain test perplexity of the student, and of the teacher (cached) with ratios."""

@@ -19,7 +19,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from domdistill.data.mixture import DomainSampler
-from domdistill.training.data import IGNORE_INDEX, PadCollator
+from domdistill.training.data import PadCollator
 
 Encoded = dict[str, Any]  # {"key": str, "input_ids": list[int], "labels": list[int]}
 TopK = Callable[[str, Sequence[int]], tuple[Tensor, Tensor]]
@@ -58,7 +58,6 @@ class DomainPlan:
         self.topk = topk
         self.interval = -1  # index of the drawn interval
         self.slots: list[tuple[str, int]] = []
-        self.tokens = 0  # target tokens resolved so far (this process)
 
     def _draw(self, t: int) -> None:
         if t != self.interval + 1:
@@ -81,7 +80,6 @@ class DomainPlan:
         """The token batch for ``inputs["slot"]`` (what the data loader yielded)."""
         items = self.items(inputs["slot"].tolist())
         batch = self.collate(items)
-        self.tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         if self.topk is not None:
             rows = [self.topk(it["key"], it["input_ids"]) for it in items]
             width, k = batch["input_ids"].shape[1] - 1, rows[0][0].shape[-1]
@@ -95,13 +93,12 @@ class DomainPlan:
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), "interval": self.interval,
-                "slots": [list(s) for s in self.slots], "tokens": self.tokens}
+                "slots": [list(s) for s in self.slots]}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.sampler = DomainSampler.from_state(state["sampler"])
         self.interval = int(state["interval"])
         self.slots = [(d, int(i)) for d, i in state["slots"]]
-        self.tokens = int(state.get("tokens", 0))
 
 
 class IntervalCallback(TrainerCallback):

@@ -113,7 +113,8 @@ class KDTrainer(CheckpointTrainer):
     ``teacher_tokenizer``: checked against the student's (``processing_class``) with
     :func:`check_kd_compatible` before anything runs. ``batch_fn`` turns what the data loader
     yields into the token batch (e.g. slot numbers into sequences chosen by a domain sampler);
-    by default the loader's batch is used as it is. Per-log-step means of CE and KD are added to
+    by default the loader's batch is used as it is. ``tokens_seen`` counts the target tokens
+    trained on, over all processes. Per-log-step means of CE and KD are added to
     the logs as ``ce`` and ``kd``.
     """
 
@@ -140,6 +141,7 @@ class KDTrainer(CheckpointTrainer):
         self.divergence_param = divergence_param
         self.batch_fn = batch_fn
         self._sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+        self.tokens_seen = 0  # target tokens trained on so far, all processes
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Tensor:
         """Target tokens in this optimizer step's micro-batches, summed over processes. The
@@ -147,7 +149,9 @@ class KDTrainer(CheckpointTrainer):
         if self.batch_fn is not None:
             batch_samples[:] = [self.batch_fn(b) for b in batch_samples]
         n = torch.tensor(sum(_targets(b) for b in batch_samples), device=device)
-        return self.accelerator.gather(n).sum() if self.args.world_size > 1 else n
+        n = self.accelerator.gather(n).sum() if self.args.world_size > 1 else n
+        self.tokens_seen += int(n)
+        return n
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

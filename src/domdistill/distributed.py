@@ -1,0 +1,64 @@
+"""Runs launched as several processes (``accelerate launch``, ``torchrun``): who does what.
+
+Every process trains (the Trainer's DDP); the run folder, caches, results, trackers and the
+measurements every process must agree on (domain perplexities) belong to the main process,
+which hands its results, or its error, to the others. In a single process every helper here is
+a plain call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether this process is one of several (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _state() -> Any:
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())  # as the Trainer sets it up
+
+
+def is_main() -> bool:
+    return not launched() or _state().is_main_process
+
+
+def world_size() -> int:
+    return _state().num_processes if launched() else 1
+
+
+def device() -> Any:
+    """This process's accelerator (``cuda:LOCAL_RANK`` under a launcher), else ``cuda``."""
+    return _state().device if launched() else "cuda"
+
+
+def barrier() -> None:
+    if launched():
+        _state().wait_for_everyone()
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` in the main process; every process returns its result or raises its error (so
+    no process waits forever for a main process that failed)."""
+    if not launched():
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None, None]
+    if is_main():
+        try:
+            box[0] = fn()
+        except Exception as e:  # handed to the other processes, then raised everywhere
+            box[1] = e
+    broadcast_object_list(box, from_process=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
