@@ -98,11 +98,13 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _Reserved:
-    """A request reserved in the ledger; ``new`` when charged by this reservation (not a resend)."""
+    """A request for the ledger; ``new`` when its reservation charged it now (not a resend, and
+    not a request that was never reserved)."""
 
     key: str
     request: TeacherRequest
-    new: bool
+    tags: Tags
+    new: bool = False
 
 
 class TeacherClient:
@@ -306,8 +308,8 @@ class TeacherClient:
         for i in range(0, len(chunks), window):
             group = chunks[i:i + window]
             if self._stop:
-                for chunk in group:
-                    await self._record_unsent(chunk, outcomes)
+                self._record_unsent([_Reserved(key, req, tags) for chunk in group
+                                     for key, (req, tags) in chunk], outcomes)
                 continue
             with self.ledger.transaction():
                 reserved = [[self.ledger.reserve(key, tags, self._request_record(req),
@@ -324,7 +326,7 @@ class TeacherClient:
                            reservations: list[Any], outcomes: dict[str, _Outcome]) -> list[_Reserved]:
         """Record cached and over-budget outcomes; return the requests to send."""
         send: list[_Reserved] = []
-        for (key, (req, _)), r in zip(chunk, reservations):
+        for (key, (req, tags)), r in zip(chunk, reservations):
             if r.outcome == "cached":  # delivered meanwhile by another process sharing the ledger
                 rec = r.record
                 outcomes[key] = _Outcome(DELIVERED, rec.response, rec.data, True)
@@ -334,31 +336,29 @@ class TeacherClient:
                                "to continue (delivered answers are reused from the ledger).")
                 outcomes[key] = _Outcome(EXHAUSTED, error=f"{req.describe()}: {r.reason}")
             else:
-                send.append(_Reserved(key, req, r.outcome == "new"))
+                send.append(_Reserved(key, req, tags, r.outcome == "new"))
         return send
 
     async def _sender(self, ready: "asyncio.Queue[list[_Reserved] | None]",
                       outcomes: dict[str, _Outcome]) -> None:
         """One concurrency slot: send reserved requests until the reserver says there are no more."""
         while (send := await ready.get()) is not None:
-            if self._stop and not self._budget_stop:  # reserved, never sent: give new charges back
-                with self.ledger.transaction():
-                    for r in send:
-                        msg = f"{r.request.describe()}: not sent, the batch stopped ({self._stop})"
-                        self.ledger.fail(r.key, msg, release=r.new)
-                        outcomes[r.key] = _Outcome(FAILED, error=msg)
+            if self._stop and not self._budget_stop:
+                self._record_unsent(send, outcomes)
             else:
                 await self._send(send, outcomes)
 
-    async def _record_unsent(self, chunk: list[tuple[str, tuple[TeacherRequest, Tags]]],
-                             outcomes: dict[str, _Outcome]) -> None:
+    def _record_unsent(self, items: list[_Reserved], outcomes: dict[str, _Outcome]) -> None:
+        """Requests a stop kept from being sent: budget_exhausted (no row), or failed dead
+        letters that give back the charge their reservation just made."""
         status = EXHAUSTED if self._budget_stop else FAILED
         with self.ledger.transaction():
-            for key, (req, tags) in chunk:
-                msg = f"{req.describe()}: not sent, the batch stopped ({self._stop})"
-                outcomes[key] = _Outcome(status, error=msg)
+            for r in items:
+                msg = f"{r.request.describe()}: not sent, the batch stopped ({self._stop})"
+                outcomes[r.key] = _Outcome(status, error=msg)
                 if status == FAILED:
-                    self.ledger.fail(key, msg, tags=tags, request=self._request_record(req))
+                    self.ledger.fail(r.key, msg, release=r.new, tags=r.tags,
+                                     request=self._request_record(r.request))
 
     async def _send(self, send: list[_Reserved], outcomes: dict[str, _Outcome]) -> None:
         reqs = [r.request for r in send]
@@ -390,8 +390,8 @@ class TeacherClient:
                                "teacher.concurrency / requests_per_minute) and run the same command "
                                "again: only the missing requests are sent.")
             if not last.retryable or out_of_retries or self._stop:
-                await self._fail(send, f"{last} (after {attempts} attempt(s))", attempts,
-                                 release=not maybe_billed, outcomes=outcomes)
+                self._fail(send, f"{last} (after {attempts} attempt(s))", attempts,
+                           release=not maybe_billed, outcomes=outcomes)
                 return
             await self._sleep(self.retry.delay(attempts - 1, last.retry_after))
         latency = (time.monotonic() - start) / len(reqs)
@@ -415,8 +415,8 @@ class TeacherClient:
         for r, resp, _, _ in delivered:
             outcomes[r.key] = _Outcome(DELIVERED, resp.text, self._response_data(resp))
 
-    async def _fail(self, send: list[_Reserved], error: str, attempts: int,
-                    release: bool, outcomes: dict[str, _Outcome]) -> None:
+    def _fail(self, send: list[_Reserved], error: str, attempts: int, release: bool,
+              outcomes: dict[str, _Outcome]) -> None:
         with self.ledger.transaction():
             for r in send:
                 msg = f"{r.request.describe()}: {error}"
