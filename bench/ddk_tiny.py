@@ -9,7 +9,7 @@ per domain: student perplexity on MATH test problems + solutions and its ratio t
 per method the mean and the worst ratio over domains, for each seed and averaged over seeds.
 Runs go to ``--jobs`` worker processes (one thread each): the teachers first, then the students.
 
-    python bench/ddk_tiny.py                 # default preset, seeds 0 1 2 (~20-30 min on 2 cores)
+    python bench/ddk_tiny.py                 # default preset, seeds 0 1 2 (~13 min on 2 cores)
     python bench/ddk_tiny.py --preset quick  # a few minutes
 
 Last line: ``SUMMARY {json}`` with ``methods``: name -> ``mean_ratio``, ``worst_ratio`` (means
@@ -86,8 +86,10 @@ def run_method(p: dict[str, Any], data_path: Path, seed: int, out: Path, name: s
 
 def _init_worker() -> None:
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()  # no save/load bars from two workers at once
 
 
 def main() -> None:
