@@ -1,6 +1,6 @@
 """A small fine-tuning run used by the crash/resume and multi-process tests.
 
-    python tests/_sft_worker.py OUT_DIR [--resume] [--steps N] [--save-steps N] [--batch N] [--kd]
+    python tests/_sft_worker.py OUT_DIR [--resume] [--steps N] [--save-steps N] [--batch N] [--kd] [--lora]
 
 Trains a nano Llama (hidden 32, 2 layers) on the built-in task, writes ``OUT_DIR/result.json``
 (losses, final loss, resumed-from) and the final weights to ``OUT_DIR/final``. ``--kd`` trains
@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from domdistill.config import TrainingConfig
+from domdistill.config import StudentConfig, TrainingConfig
 from domdistill.data.builtin import builtin_dataset
 from domdistill.data.templates import StudentTemplate
+from domdistill.models.loading import add_lora
 from domdistill.models.tiny import build_tiny_model, train_tokenizer
 from domdistill.training.sft import TrainResult, train_sft
 
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--kd", action="store_true")
+    ap.add_argument("--lora", action="store_true", help="train a LoRA adapter (dropout 0.1)")
     args = ap.parse_args()
     out = Path(args.out)
     data = builtin_dataset(160, seed=0)
@@ -37,6 +39,8 @@ def main() -> None:
     pairs = [template.pair(ex) for ex in data]
     tok = train_tokenizer([p + c for p, c in pairs], vocab_size=300)
     model = build_tiny_model("nano", tok, seed=0)
+    if args.lora:
+        model = add_lora(model, StudentConfig(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1))
     cfg = TrainingConfig(max_steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum,
                          save_steps=args.save_steps, save_total_limit=2, learning_rate=3e-3,
                          warmup_ratio=0.1, schedule="cosine", max_grad_norm=1.0, max_seq_len=128,

@@ -26,13 +26,14 @@ from domdistill.training.sft import PAUSE_ENV
 WORKER = Path(__file__).with_name("_sft_worker.py")
 
 
-def launch(out: Path, resume: bool, kill_on: str | None = None, pause_at: int | None = None) -> bool:
+def launch(out: Path, resume: bool, kill_on: str | None = None, pause_at: int | None = None,
+           extra: tuple[str, ...] = ()) -> bool:
     """Run the worker; SIGKILL it when a stderr line starts with ``kill_on``. True if killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMDISTILL_PRINT_STEPS": "1"}
     env.pop(PAUSE_ENV, None)
     if pause_at is not None:
         env[PAUSE_ENV] = str(pause_at)
-    cmd = [sys.executable, str(WORKER), str(out)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, str(WORKER), str(out), *extra] + (["--resume"] if resume else [])
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines = []
     try:
@@ -151,3 +152,24 @@ def test_refuses_to_mix_runs_without_resume(tmp_path, reference):
     with pytest.raises(RunFolderError, match="resume"):
         train_sft(model, tok, [("a", "b")], TrainingConfig(max_steps=1), reference / "checkpoints",
                   progress=False)
+
+
+def test_lora_adapter_killed_and_resumed_matches_uninterrupted(tmp_path):
+    """The same for a LoRA adapter (dropout on, so the restored RNG states matter too): the
+    checkpoints hold the adapter, and the resumed run ends with the same adapter weights."""
+    ref, out = tmp_path / "reference", tmp_path / "run"
+    assert not launch(ref, resume=False, extra=("--lora",))
+    assert launch(out, resume=False, kill_on="STEP 14", extra=("--lora",))
+    assert launch(out, resume=True, kill_on="PAUSED_IN_SAVE 24", pause_at=24, extra=("--lora",))
+    assert_only_complete(out / "checkpoints")
+    latest = ck.latest_checkpoint(out / "checkpoints")
+    assert latest.name == "checkpoint-20" and (latest / "adapter_model.safetensors").exists()
+    assert not (latest / "model.safetensors").exists()  # the adapter only, not the base model
+    assert not launch(out, resume=True, extra=("--lora",))
+    got, want = (json.loads((d / "result.json").read_text()) for d in (out, ref))
+    assert got["resumed_from"].endswith("checkpoint-20")
+    assert [v for _, v in got["losses"]] == pytest.approx([v for _, v in want["losses"]], abs=1e-6)
+    w_got, w_want = (load_file(d / "final" / "adapter_model.safetensors") for d in (out, ref))
+    assert w_got.keys() == w_want.keys() and any("lora_A" in k for k in w_want)
+    for k in w_want:
+        torch.testing.assert_close(w_got[k], w_want[k], atol=1e-6, rtol=0)

@@ -107,7 +107,8 @@ class StudentConfig(Section):
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vocab_size: int = Field(512, ge=260, description="Tokenizer vocabulary of a tiny preset (trained on the data)")
-    init_seed: int = Field(0, description="Weight-initialisation seed of a tiny preset")
+    init_seed: int = Field(
+        0, description="Seed of the random initialisation: a tiny preset's weights, a new LoRA adapter")
 
 
 class MethodConfig(Section):

@@ -188,9 +188,17 @@ def is_checkpointing(model: PreTrainedModel) -> bool:
 
 
 def add_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
-    """Wrap ``model`` with a new LoRA adapter on every linear layer; only the adapter trains."""
+    """Wrap ``model`` with a new LoRA adapter on every linear layer; only the adapter trains.
+    The adapter's random initialisation is seeded with ``cfg.init_seed`` (the same adapter in
+    every process and every rerun; the global random state is left as it was)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        torch.manual_seed(cfg.init_seed)
+        return get_peft_model(model, lora)
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
