@@ -119,13 +119,12 @@ class DDKRun:
             state = (json.loads(self.state_path.read_text(encoding="utf-8")) if trained else
                      self._train(student, tok, teacher, train, val_texts, teacher_ppl, tracker))
 
-            def finish() -> dict[str, Any]:  # test metrics, plot and results.json
-                nonlocal student, tok
-                if not trained:
-                    from domdistill.methods.students import load_trained_student
+            def finish() -> dict[str, Any]:  # the main process: test metrics, plot, results
+                from domdistill.methods.students import load_trained_student
 
-                    student, tok = load_trained_student(self.student_dir)
-                metrics = self._test_metrics(student, tok, teacher)
+                final, final_tok = ((student, tok) if trained
+                                    else load_trained_student(self.student_dir))
+                metrics = self._test_metrics(final, final_tok, teacher)
                 tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
                 if state["history"]:
                     domain_weight_lines(state["history"], self.dir.root / "domain_weights.png",

@@ -17,8 +17,9 @@ from pathlib import Path
 from domdistill.config import TeacherConfig
 from domdistill.data.example import DomainExample
 from domdistill.teachers.base import CallError, Teacher, TeacherRequest, TeacherResponse
-from domdistill.teachers.client import (
-    DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult, TeacherClient,
+from domdistill.teachers.client import TeacherClient
+from domdistill.teachers.results import (
+    DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult,
 )
 from domdistill.teachers.ledger import LEDGER_NAME, Budget, Ledger, Tags
 from domdistill.teachers.prompts import PromptSet

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 from domdistill.data.example import DomainExample
@@ -37,75 +36,11 @@ from domdistill.errors import TeacherError
 from domdistill.evaluation.answers import is_correct
 from domdistill.teachers.base import CallError, Teacher, TeacherRequest, TeacherResponse
 from domdistill.teachers.ledger import CallRecord, Ledger, Tags
+from domdistill.teachers.results import (
+    DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult, Outcome, Reserved,
+)
 from domdistill.teachers.prompts import PromptSet, parse_synthesis, with_final_answer
 from domdistill.teachers.retry import RateLimiter, RetryPolicy
-
-DELIVERED, FAILED, EXHAUSTED = "delivered", "failed", "budget_exhausted"
-
-
-@dataclass
-class RationaleResult:
-    """The teacher's rationale for ``example``; ``answer`` is the teacher's parsed final answer
-    and ``correct`` whether it matches the example's gold answer (the BalDistill answer filter)."""
-
-    example: DomainExample
-    status: str
-    text: str | None = None
-    answer: str | None = None
-    correct: bool = False
-    cached: bool = False
-    error: str | None = None
-
-
-@dataclass
-class SynthResult:
-    """A synthetic example for ``domain``: ``example`` carries the new input, the teacher's
-    intended answer and the rationale; ``agrees`` whether the rationale's answer matches it."""
-
-    domain: str
-    index: int
-    status: str
-    example: DomainExample | None = None
-    text: str | None = None
-    answer: str | None = None
-    agrees: bool = False
-    cached: bool = False
-    error: str | None = None
-
-
-class Batch(list):
-    """Results in request order; ``stopped`` is the stop message when the batch ended early."""
-
-    stopped: str | None = None
-
-    @property
-    def delivered(self) -> list[Any]:
-        return [r for r in self if r.status == DELIVERED]
-
-    def raise_if_stopped(self) -> None:
-        if self.stopped:
-            raise TeacherError(self.stopped)
-
-
-@dataclass
-class _Outcome:
-    status: str
-    text: str | None = None
-    data: dict[str, Any] | None = None
-    cached: bool = False
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class _Reserved:
-    """A request for the ledger; ``new`` when its reservation charged it now (not a resend, and
-    not a request that was never reserved)."""
-
-    key: str
-    request: TeacherRequest
-    tags: Tags
-    new: bool = False
-
 
 class TeacherClient:
     """Calls ``teacher`` for batches of requests, recording every call in ``ledger``."""
@@ -131,7 +66,7 @@ class TeacherClient:
         self._stop: str | None = None
         self._stop_event: asyncio.Event | None = None
         self._writes: list[asyncio.Future] = []
-        self._unwritten: list[tuple[_Reserved, TeacherResponse, float, int]] = []
+        self._unwritten: list[tuple[Reserved, TeacherResponse, float, int]] = []
 
     # ------------------------------------------------------------------ public API
     def rationales(self, examples: Iterable[DomainExample], with_answer: bool = True,
@@ -165,7 +100,7 @@ class TeacherClient:
         kind = (tags or {}).get("kind", "synthesis")
         outcomes = self._run(self._call_all([(r, self._tags(domain, tags, kind)) for r in reqs]))
         parsed = [self._parse_synth(o) for o in outcomes]
-        rat_outcomes: list[_Outcome | None] = [None] * n
+        rat_outcomes: list[Outcome | None] = [None] * n
         if not one_call:
             todo = [i for i, p in enumerate(parsed) if p is not None]
             rreqs = [self._rationale_request(domain, parsed[i][0], None) for i in todo]  # type: ignore[index]
@@ -210,14 +145,14 @@ class TeacherClient:
         return Tags(domain=domain, stage=None if stage is None else str(stage), kind=kind)
 
     @staticmethod
-    def _rationale_text(o: _Outcome) -> str | None:
+    def _rationale_text(o: Outcome) -> str | None:
         if o.status != DELIVERED:
             return None
         if o.data and o.data.get("rationale") is not None:
             return with_final_answer(o.data["rationale"], o.data.get("answer"))
         return o.text
 
-    def _parse_synth(self, o: _Outcome) -> tuple[str, str | None, str, str | None] | None:
+    def _parse_synth(self, o: Outcome) -> tuple[str, str | None, str, str | None] | None:
         """(input, rationale, intended answer, teacher's own answer) of a synthesis reply, or None."""
         if o.status != DELIVERED:
             return None
@@ -230,9 +165,9 @@ class TeacherClient:
         answer = self.prompts.parse_answer(f"The answer is: {answer_text}") or answer_text
         return new_input, rationale, answer, None
 
-    def _synth_result(self, domain: str, index: int, o: _Outcome,
+    def _synth_result(self, domain: str, index: int, o: Outcome,
                       parsed: tuple[str, str | None, str, str | None] | None,
-                      rat: _Outcome | None) -> SynthResult:
+                      rat: Outcome | None) -> SynthResult:
         if o.status != DELIVERED:
             return SynthResult(domain, index, o.status, error=o.error)
         if parsed is None:
@@ -258,11 +193,11 @@ class TeacherClient:
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
 
-    async def _call_all(self, items: list[tuple[TeacherRequest, Tags]]) -> list[_Outcome]:
+    async def _call_all(self, items: list[tuple[TeacherRequest, Tags]]) -> list[Outcome]:
         tid = self.teacher.teacher_id
         keys = [r.key(tid) for r, _ in items]
         found: dict[str, CallRecord] = self.ledger.lookup(keys)
-        outcomes: dict[str, _Outcome] = {k: _Outcome(DELIVERED, rec.response, rec.data, True)
+        outcomes: dict[str, Outcome] = {k: Outcome(DELIVERED, rec.response, rec.data, True)
                                          for k, rec in found.items()}
         todo: dict[str, tuple[TeacherRequest, Tags]] = {}
         for key, item in zip(keys, items):
@@ -275,7 +210,7 @@ class TeacherClient:
         step = max(1, int(self.teacher.max_batch))
         chunks = [pending[i:i + step] for i in range(0, len(pending), step)]
         senders = min(self.concurrency, len(chunks))
-        ready: asyncio.Queue[list[_Reserved] | None] = asyncio.Queue(maxsize=max(1, self.concurrency))
+        ready: asyncio.Queue[list[Reserved] | None] = asyncio.Queue(maxsize=max(1, self.concurrency))
         self._writes = []
         tasks = [asyncio.ensure_future(self._reserve_ahead(chunks, ready, outcomes, senders))]
         tasks += [asyncio.ensure_future(self._sender(ready, outcomes)) for _ in range(senders)]
@@ -300,15 +235,15 @@ class TeacherClient:
         return bool(self._stop and self._stop.startswith("teacher budget"))
 
     async def _reserve_ahead(self, chunks: list[list[tuple[str, tuple[TeacherRequest, Tags]]]],
-                             ready: "asyncio.Queue[list[_Reserved] | None]",
-                             outcomes: dict[str, _Outcome], senders: int) -> None:
+                             ready: "asyncio.Queue[list[Reserved] | None]",
+                             outcomes: dict[str, Outcome], senders: int) -> None:
         """Reserve the chunks in the ledger one window (``concurrency`` chunks, one group commit)
         ahead of the senders, so a sender that gets a reply starts its next request at once."""
         window = max(1, self.concurrency)
         for i in range(0, len(chunks), window):
             group = chunks[i:i + window]
             if self._stop:
-                self._record_unsent([_Reserved(key, req, tags) for chunk in group
+                self._record_unsent([Reserved(key, req, tags) for chunk in group
                                      for key, (req, tags) in chunk], outcomes)
                 continue
             with self.ledger.transaction():
@@ -323,24 +258,24 @@ class TeacherClient:
             await ready.put(None)
 
     def _sort_reservations(self, chunk: list[tuple[str, tuple[TeacherRequest, Tags]]],
-                           reservations: list[Any], outcomes: dict[str, _Outcome]) -> list[_Reserved]:
+                           reservations: list[Any], outcomes: dict[str, Outcome]) -> list[Reserved]:
         """Record cached and over-budget outcomes; return the requests to send."""
-        send: list[_Reserved] = []
+        send: list[Reserved] = []
         for (key, (req, tags)), r in zip(chunk, reservations):
             if r.outcome == "cached":  # delivered meanwhile by another process sharing the ledger
                 rec = r.record
-                outcomes[key] = _Outcome(DELIVERED, rec.response, rec.data, True)
+                outcomes[key] = Outcome(DELIVERED, rec.response, rec.data, True)
             elif r.outcome == "exhausted":
                 self._set_stop(f"teacher budget reached: {r.reason}. Requests not sent are "
                                "reported as budget_exhausted; raise the budget and run again "
                                "to continue (delivered answers are reused from the ledger).")
-                outcomes[key] = _Outcome(EXHAUSTED, error=f"{req.describe()}: {r.reason}")
+                outcomes[key] = Outcome(EXHAUSTED, error=f"{req.describe()}: {r.reason}")
             else:
-                send.append(_Reserved(key, req, tags, r.outcome == "new"))
+                send.append(Reserved(key, req, tags, r.outcome == "new"))
         return send
 
-    async def _sender(self, ready: "asyncio.Queue[list[_Reserved] | None]",
-                      outcomes: dict[str, _Outcome]) -> None:
+    async def _sender(self, ready: "asyncio.Queue[list[Reserved] | None]",
+                      outcomes: dict[str, Outcome]) -> None:
         """One concurrency slot: send reserved requests until the reserver says there are no more."""
         while (send := await ready.get()) is not None:
             if self._stop and not self._budget_stop:
@@ -348,19 +283,19 @@ class TeacherClient:
             else:
                 await self._send(send, outcomes)
 
-    def _record_unsent(self, items: list[_Reserved], outcomes: dict[str, _Outcome]) -> None:
+    def _record_unsent(self, items: list[Reserved], outcomes: dict[str, Outcome]) -> None:
         """Requests a stop kept from being sent: budget_exhausted (no row), or failed dead
         letters that give back the charge their reservation just made."""
         status = EXHAUSTED if self._budget_stop else FAILED
         with self.ledger.transaction():
             for r in items:
                 msg = f"{r.request.describe()}: not sent, the batch stopped ({self._stop})"
-                outcomes[r.key] = _Outcome(status, error=msg)
+                outcomes[r.key] = Outcome(status, error=msg)
                 if status == FAILED:
                     self.ledger.fail(r.key, msg, release=r.new, tags=r.tags,
                                      request=self._request_record(r.request))
 
-    async def _send(self, send: list[_Reserved], outcomes: dict[str, _Outcome]) -> None:
+    async def _send(self, send: list[Reserved], outcomes: dict[str, Outcome]) -> None:
         reqs = [r.request for r in send]
         if self._rpm:
             await self._rpm.acquire(len(reqs))
@@ -399,7 +334,7 @@ class TeacherClient:
         if len(self._unwritten) == len(send):  # the first unwritten reply schedules the commit
             self._writes.append(asyncio.ensure_future(self._record_delivered(outcomes)))
 
-    async def _record_delivered(self, outcomes: dict[str, _Outcome]) -> None:
+    async def _record_delivered(self, outcomes: dict[str, Outcome]) -> None:
         """Commit the replies that arrived together in one transaction; the batch returns only
         after every delivery is committed, and the senders never wait for it."""
         await asyncio.sleep(0)
@@ -413,14 +348,14 @@ class TeacherClient:
             self._set_stop(f"the ledger could not record the teacher's replies ({e})")
             raise
         for r, resp, _, _ in delivered:
-            outcomes[r.key] = _Outcome(DELIVERED, resp.text, self._response_data(resp))
+            outcomes[r.key] = Outcome(DELIVERED, resp.text, self._response_data(resp))
 
-    def _fail(self, send: list[_Reserved], error: str, attempts: int, release: bool,
-              outcomes: dict[str, _Outcome]) -> None:
+    def _fail(self, send: list[Reserved], error: str, attempts: int, release: bool,
+              outcomes: dict[str, Outcome]) -> None:
         with self.ledger.transaction():
             for r in send:
                 msg = f"{r.request.describe()}: {error}"
-                outcomes[r.key] = _Outcome(FAILED, error=msg)
+                outcomes[r.key] = Outcome(FAILED, error=msg)
                 self.ledger.fail(r.key, msg, attempts, release and r.new)
 
     async def _sleep(self, delay: float) -> None:
