@@ -54,19 +54,23 @@ def test_ddk_run_in_two_processes_matches_one(tmp_path):
     ``accelerate launch`` with two processes at half the batch each equals the one-process run:
     the main process measures and writes, every process trains its half of each step."""
     sys.path.insert(0, str(DDK_WORKER.parent))
-    from _ddk_worker import make_teacher
+    from _ddk_worker import ddk_config, make_teacher
+    from domdistill.config import save_config
 
     teacher = make_teacher(tmp_path / "teacher")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = [str(teacher), "--steps", "12"]
     subprocess.run([sys.executable, str(DDK_WORKER), *common[:1], str(tmp_path / "one"),
                     *common[1:], "--batch", "8"], env=env, check=True, capture_output=True)
+    config = tmp_path / "two.yaml"  # the two-process run goes through the CLI
+    save_config(ddk_config(teacher, tmp_path / "two" / "run", steps=12, batch=4), config)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", "29543"]
-    proc = subprocess.run([*launch, str(DDK_WORKER), *common[:1], str(tmp_path / "two"), *common[1:],
-                           "--batch", "4"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([*launch, "-m", "domdistill.cli", "run", str(config)], env=env,
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("per-domain perplexity") == 1  # the main process reports, once
     one, two = (json.loads((tmp_path / n / "run" / "results.json").read_text()) for n in ("one", "two"))
     assert [h["step"] for h in two["history"]] == [h["step"] for h in one["history"]] == [0, 5, 10, 12]
     for a, b in zip(one["history"], two["history"]):

@@ -42,9 +42,12 @@ def run(
     if dry_run:
         show_plan(cfg, as_json)
         return
+    from domdistill import distributed as dist
     from domdistill.methods import run_config
 
     results = run_config(cfg, out=out, overwrite=overwrite or None, resume=resume)
+    if not dist.is_main():  # under accelerate launch / torchrun the main process reports
+        return
     if as_json:
         print(json.dumps(results, indent=2))
     else:
