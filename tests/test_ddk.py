@@ -131,8 +131,10 @@ def test_intervals_loss_and_test_metrics_reach_tensorboard(ddk_run):
         for d, w in h["weights"].items():
             assert (h["step"], pytest.approx(w)) in s[f"weight/{d}"]
             assert (h["step"], pytest.approx(h["ratio"][d], rel=1e-5)) in s[f"ppl_ratio/{d}"]
-    assert [v for _, v in s["train/loss"]] == pytest.approx(
-        [e["loss"] for e in res["training"]["losses"]], rel=1e-5)
+    losses = res["training"]["losses"]  # logged live, step by step, with the CE and KD parts
+    assert s["train/loss"] == [(e["step"], pytest.approx(e["loss"], rel=1e-5)) for e in losses]
+    assert s["train/kd"] == [(e["step"], pytest.approx(e["kd"], rel=1e-5)) for e in losses]
+    assert len(s["train/learning_rate"]) == len(losses)
     macro = res["metrics"]["macro"]
     assert s["eval/macro/worst_ppl_ratio"] == [(20, pytest.approx(macro["worst_ppl_ratio"], rel=1e-5))]
 

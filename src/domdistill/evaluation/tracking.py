@@ -5,8 +5,9 @@
 installed. Events go to ``RUN_DIR/logs/tensorboard``; view them with
 ``tensorboard --logdir RUN_DIR/logs``.
 
-Methods call three things: :meth:`Tracker.log_stage` (BalDistill, after each stage),
-:meth:`Tracker.log_interval` (DDK, after each re-weighting interval) and :meth:`Tracker.close`.
+Methods call :meth:`Tracker.log_stage` (BalDistill, after each stage), :meth:`Tracker.log_interval`
+(DDK, after each re-weighting interval), :meth:`Tracker.log` (final metrics) and
+:meth:`Tracker.close`; ``training.sft.LogToTracker`` forwards the Trainer's step logs (DDK).
 """
 
 from __future__ import annotations

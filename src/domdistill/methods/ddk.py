@@ -139,7 +139,8 @@ class DDKRun:
     def _train(self, student, tok, teacher, train, val_texts, teacher_ppl,
                tracker: Tracker) -> dict[str, Any]:
         """Interval-wise training; returns the final DDK state (history, tokens, losses). Each
-        interval's weights and perplexities go to ``tracker`` as they are measured."""
+        interval's weights and perplexities, and the training logs, go to ``tracker`` as they
+        are made."""
         from transformers.trainer_callback import PrinterCallback
         from transformers.utils import logging as hf_logging
 
@@ -150,7 +151,8 @@ class DDKRun:
         from domdistill.training.domain_plan import (
             DomainPlan, IntervalCallback, SlotDataset, collate_slots)
         from domdistill.training.kd_trainer import KDTrainer
-        from domdistill.training.sft import _StepPrinter, show_progress, training_arguments
+        from domdistill.training.sft import (
+            LogToTracker, _StepPrinter, show_progress, training_arguments)
 
         cfg, tc, m = self.cfg, self.cfg.training, self.cfg.method
         sequences = {d: [{"key": ex.id, **encode_pair(tok, "", parts.lm_text(ex), self.max_len)}
@@ -198,7 +200,7 @@ class DDKRun:
             state["history"].append(entry(step, ppl, trainer.tokens_seen))
             tracker.log_interval(step, state["weights"], ppl, teacher_ppl)
 
-        callbacks = [IntervalCallback(m.interval_steps, total, on_boundary)]
+        callbacks = [IntervalCallback(m.interval_steps, total, on_boundary), LogToTracker(tracker)]
         if os.environ.get("DOMDISTILL_PRINT_STEPS"):
             callbacks.append(_StepPrinter())
         args = training_arguments(tc, self.dir.checkpoints, self.progress, max_steps=total,
@@ -228,7 +230,6 @@ class DDKRun:
         for prev, cur in zip(state["history"], state["history"][1:]):  # mean loss per interval
             inside = [e["loss"] for e in state["losses"] if prev["step"] < e["step"] <= cur["step"]]
             cur["loss"] = sum(inside) / len(inside) if inside else None
-        tracker.log_curve("train/loss", [(e["step"], e["loss"]) for e in state["losses"]])
         state["tokens"] = trainer.tokens_seen
         state["steps"] = total
         if dist.is_main():

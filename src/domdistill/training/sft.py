@@ -147,6 +147,19 @@ class _StepPrinter(TrainerCallback):
         print(f"STEP {state.global_step}", file=sys.stderr, flush=True)
 
 
+class LogToTracker(TrainerCallback):
+    """Sends the Trainer's logs (loss, learning rate, gradient norm, ...) to a
+    :class:`~domdistill.evaluation.tracking.Tracker` as they are made, under ``prefix/``."""
+
+    def __init__(self, tracker: Any, prefix: str = "train"):
+        self.tracker, self.prefix = tracker, prefix
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if logs:
+            self.tracker.log({self.prefix: logs}, step=state.global_step)
+
+
 def train_sft(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], cfg: TrainingConfig,
               output_dir: str | Path, resume: bool = False, method_state: MethodState | None = None,
               progress: bool = True, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
