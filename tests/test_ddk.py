@@ -226,3 +226,18 @@ def test_demo_ddk_beats_kd_on_mean_and_worst_ratio(tmp_path):
     assert ddk["worst_ppl_ratio"] < kd["worst_ppl_ratio"]
     assert runs["kd"]["training"]["steps"] == runs["ddk"]["training"]["steps"]
     assert (tmp_path / "demo" / "ddk" / "domain_weights.png").is_file()
+
+
+def test_resume_after_training_evaluates_the_trained_student(ddk_run, teacher, tmp_path):
+    """A run killed after its student was saved but before results.json: --resume skips training
+    and evaluates the saved student, not a fresh one."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(ddk_run, copy)
+    want = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").unlink()
+    got = run_config(ddk_config(teacher, copy, "ddk", steps=20), resume=True, progress=False)
+    for d, m in want["metrics"]["per_domain"].items():
+        assert got["metrics"]["per_domain"][d]["perplexity"] == pytest.approx(m["perplexity"], rel=1e-6)
+    assert got["history"] == want["history"]

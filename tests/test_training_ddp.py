@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,32 +47,58 @@ def test_two_processes_match_one(tmp_path, loss):
 
 
 DDK_WORKER = Path(__file__).with_name("_ddk_worker.py")
+DDK_STEPS = 12
 
 
-@pytest.mark.slow
-def test_ddk_run_in_two_processes_matches_one(tmp_path):
-    """A whole DDK run (teacher perplexities, interval re-weighting, checkpoints, results) under
-    ``accelerate launch`` with two processes at half the batch each equals the one-process run:
-    the main process measures and writes, every process trains its half of each step."""
+def _launcher(port: int) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port)]
+
+
+@pytest.fixture(scope="module")
+def ddk_one(tmp_path_factory) -> tuple[Path, dict]:
+    """The teacher, and the results of a one-process DDK run at batch 8."""
     sys.path.insert(0, str(DDK_WORKER.parent))
-    from _ddk_worker import ddk_config, make_teacher
+    from _ddk_worker import make_teacher
+
+    root = tmp_path_factory.mktemp("ddk_one")
+    teacher = make_teacher(root / "teacher")
+    subprocess.run([sys.executable, str(DDK_WORKER), str(teacher), str(root / "one"), "--steps",
+                    str(DDK_STEPS), "--batch", "8"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                   check=True, capture_output=True)
+    return teacher, json.loads((root / "one" / "run" / "results.json").read_text())
+
+
+def _kill_tree(pid: int) -> bool:
+    """SIGKILL a launcher and the training processes it started (they run in sessions of their
+    own, so a process-group kill would miss them); True if anything was killed."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+    return True
+
+
+def _two_process_config(teacher: Path, tmp_path: Path) -> Path:
+    from _ddk_worker import ddk_config
     from domdistill.config import save_config
 
-    teacher = make_teacher(tmp_path / "teacher")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = [str(teacher), "--steps", "12"]
-    subprocess.run([sys.executable, str(DDK_WORKER), *common[:1], str(tmp_path / "one"),
-                    *common[1:], "--batch", "8"], env=env, check=True, capture_output=True)
-    config = tmp_path / "two.yaml"  # the two-process run goes through the CLI
-    save_config(ddk_config(teacher, tmp_path / "two" / "run", steps=12, batch=4), config)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29543"]
-    proc = subprocess.run([*launch, "-m", "domdistill.cli", "run", str(config)], env=env,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("per-domain perplexity") == 1  # the main process reports, once
-    one, two = (json.loads((tmp_path / n / "run" / "results.json").read_text()) for n in ("one", "two"))
+    config = tmp_path / "two.yaml"  # the two-process runs go through the CLI
+    save_config(ddk_config(teacher, tmp_path / "two" / "run", steps=DDK_STEPS, batch=4), config)
+    return config
+
+
+def _assert_same_run(one: dict, two: dict) -> None:
     assert [h["step"] for h in two["history"]] == [h["step"] for h in one["history"]] == [0, 5, 10, 12]
     for a, b in zip(one["history"], two["history"]):
         assert b["tokens"] == a["tokens"]  # the same sequences, counted over both processes
@@ -82,7 +109,51 @@ def test_ddk_run_in_two_processes_matches_one(tmp_path):
     for a, b in zip(one["training"]["losses"], two["training"]["losses"]):
         assert b["loss"] == pytest.approx(a["loss"], abs=TOLERANCE)
     assert two["metrics"]["macro"]["ppl_ratio"] == pytest.approx(one["metrics"]["macro"]["ppl_ratio"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddk_run_in_two_processes_matches_one(tmp_path, ddk_one):
+    """A whole DDK run (teacher perplexities, interval re-weighting, checkpoints, results) under
+    ``accelerate launch`` with two processes at half the batch each equals the one-process run:
+    the main process measures and writes, every process trains its half of each step."""
+    teacher, one = ddk_one
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*_launcher(29543), "-m", "domdistill.cli", "run",
+                           str(_two_process_config(teacher, tmp_path))], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("per-domain perplexity") == 1  # the main process reports, once
     run = tmp_path / "two" / "run"
+    _assert_same_run(one, json.loads((run / "results.json").read_text()))
     assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-12"
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".json") == [
         "ddk_state.json", "results.json", "teacher_ppl.json", "validation.json"]
+
+
+@pytest.mark.slow
+def test_ddk_in_two_processes_killed_and_resumed_matches_one(tmp_path, ddk_one):
+    """SIGKILL to the launcher and both processes at step 7 (checkpoint-4 is the latest), then
+    ``domdistill run --resume`` under the launcher: the same run as one uninterrupted process."""
+    teacher, one = ddk_one
+    config = _two_process_config(teacher, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMDISTILL_PRINT_STEPS": "1"}
+    proc = subprocess.Popen([*_launcher(29545), "-m", "domdistill.cli", "run", str(config)], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    killed, lines = False, []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("STEP 7"):
+                killed = _kill_tree(proc.pid)
+                break
+    finally:
+        _kill_tree(proc.pid)
+        proc.wait(timeout=60)
+    assert killed, "".join(lines[-30:])
+    run = tmp_path / "two" / "run"
+    assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-4"
+    assert not (run / "results.json").exists()
+    resumed = subprocess.run([*_launcher(29547), "-m", "domdistill.cli", "run", str(config), "--resume"],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(one, json.loads((run / "results.json").read_text()))

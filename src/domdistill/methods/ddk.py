@@ -122,8 +122,7 @@ class DDKRun:
             def finish() -> dict[str, Any]:  # the main process: test metrics, plot, results
                 from domdistill.methods.students import load_trained_student
 
-                final, final_tok = ((student, tok) if trained
-                                    else load_trained_student(self.student_dir))
+                final, final_tok = load_trained_student(self.student_dir)  # also when resumed
                 metrics = self._test_metrics(final, final_tok, teacher)
                 tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
                 if state["history"]:
