@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from _ddk_worker import make_teacher
+from procs import run_until
 from domdistill.training import checkpoints as ck
 
 WORKER = Path(__file__).with_name("_ddk_worker.py")
@@ -24,22 +23,7 @@ def launch(teacher: Path, out: Path, resume: bool, kill_on: str | None = None) -
     """Run the worker; SIGKILL it when a stderr line starts with ``kill_on``. True if killed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMDISTILL_PRINT_STEPS": "1"}
     cmd = [sys.executable, str(WORKER), str(teacher), str(out)] + (["--resume"] if resume else [])
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if kill_on and line.startswith(kill_on):
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return True
-        assert proc.wait(timeout=120) == 0, "".join(lines[-30:])
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return run_until(cmd, env, kill_on)
 
 
 def test_sigkill_between_intervals_resumes_to_the_same_weights_and_loss(tmp_path):

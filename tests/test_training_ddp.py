@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from domdistill.training import checkpoints as ck
+from procs import run_until
 
 WORKER = Path(__file__).with_name("_sft_worker.py")
 TOLERANCE = 1e-4  # absolute, per logged step (measured: below 1e-6)
@@ -70,25 +70,6 @@ def ddk_one(tmp_path_factory) -> tuple[Path, dict]:
     return teacher, json.loads((root / "one" / "run" / "results.json").read_text())
 
 
-def _kill_tree(pid: int) -> bool:
-    """SIGKILL a launcher and the training processes it started (they run in sessions of their
-    own, so a process-group kill would miss them); True if anything was killed."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return False
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-    return True
-
-
 def _two_process_config(teacher: Path, tmp_path: Path) -> Path:
     from _ddk_worker import ddk_config
     from domdistill.config import save_config
@@ -137,19 +118,8 @@ def test_ddk_in_two_processes_killed_and_resumed_matches_one(tmp_path, ddk_one):
     teacher, one = ddk_one
     config = _two_process_config(teacher, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMDISTILL_PRINT_STEPS": "1"}
-    proc = subprocess.Popen([*_launcher(29545), "-m", "domdistill.cli", "run", str(config)], env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    killed, lines = False, []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("STEP 7"):
-                killed = _kill_tree(proc.pid)
-                break
-    finally:
-        _kill_tree(proc.pid)
-        proc.wait(timeout=60)
-    assert killed, "".join(lines[-30:])
+    assert run_until([*_launcher(29545), "-m", "domdistill.cli", "run", str(config)], env,
+                     kill_on="STEP 7")
     run = tmp_path / "two" / "run"
     assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-4"
     assert not (run / "results.json").exists()

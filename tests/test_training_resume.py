@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from domdistill.config import EvaluationConfig
+from procs import run_until
 from domdistill.data.builtin import builtin_test_set
 from domdistill.data.templates import StudentTemplate
 from domdistill.evaluation.metrics import evaluate_model
@@ -34,22 +33,7 @@ def launch(out: Path, resume: bool, kill_on: str | None = None, pause_at: int | 
     if pause_at is not None:
         env[PAUSE_ENV] = str(pause_at)
     cmd = [sys.executable, str(WORKER), str(out), *extra] + (["--resume"] if resume else [])
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines = []
-    try:
-        for line in proc.stderr:
-            lines.append(line)
-            if kill_on and line.startswith(kill_on):
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return True
-        rc = proc.wait(timeout=120)
-        assert rc == 0, "".join(lines[-30:])
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return run_until(cmd, env, kill_on)
 
 
 def assert_only_complete(ckpt_dir: Path) -> None:
