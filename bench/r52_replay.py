@@ -170,7 +170,7 @@ def make_config(args: argparse.Namespace, method: str, seed: int, stages: int, l
 
 def synthesis_shortfall(run_dir: Path) -> dict[str, int]:
     """Per domain, the synthetic documents asked for that the recorded teacher does not have."""
-    from domdistill.cli.ledger import ledger_report
+    from domdistill.teachers.spend import ledger_report
 
     if not (run_dir / "ledger.sqlite").is_file():
         return {}

@@ -90,7 +90,6 @@ FAULTS = {
     "429 + Retry-After": (Faults(rate_limit_rate=0.3, retry_after_s=0.02, seed=3), {}),
     "slower than the timeout": (Faults(slow_rate=0.2, slow_s=0.8, seed=4), {"timeout_s": 0.25}),
     "malformed JSON body": (Faults(malformed_rate=0.3, seed=5), {}),
-    "empty completion": (Faults(empty_rate=0.3, seed=6), {}),
 }
 
 
@@ -104,6 +103,30 @@ def test_faulty_server_every_request_is_delivered_with_its_answer(name, tmp_path
     assert batch.stopped is None and state["status"] == {"delivered": 30} and state["spent"] == 30
     assert sum(counts.values()) - counts["ok"] > 0  # faults were injected and retried
     assert counts["ok"] == 30  # one good answer per request, none asked for twice
+
+
+def test_empty_replies_are_charged_with_their_usage_and_not_retried_at_temperature_0(tmp_path):
+    """A whitespace-only reply was generated (billed): it is delivered, charged, keeps the
+    tokens the server reported, is marked unusable, and is not asked for again, neither in the
+    batch (greedy decoding would repeat it) nor by a rerun."""
+    led = tmp_path / "ledger.sqlite"
+    with ProgramServer(faults=Faults(empty_rate=0.3, seed=6), api_key=SECRET) as srv:
+        exs, batch = ask(srv.base_url, led, 30)
+        counts = dict(srv.counts)
+        assert sum(counts.values()) == 30  # one request each: nothing retried
+        _, again = ask(srv.base_url, led, 30)
+        assert sum(srv.counts.values()) == 30  # the rerun is served from the ledger
+    empty = [r for r in batch if r.problem]
+    assert len(empty) == counts["empty"] > 3 and all(r.status == "delivered" for r in empty)
+    assert len(batch.usable) == 30 - len(empty) and all(r.correct for r in batch.usable)
+    assert [r.problem for r in again] == [r.problem for r in batch]
+    con = sqlite3.connect(led)
+    rows = con.execute("SELECT status, charged, prompt_tokens, billing, problem FROM calls "
+                       "WHERE problem IS NOT NULL").fetchall()
+    assert len(rows) == len(empty)
+    assert all(r[:3] == ("delivered", 1, 10) and r[3] == "billed: delivered"
+               and r[4] == "empty reply (whitespace only)" for r in rows)
+    assert con.execute("SELECT calls FROM spend").fetchone()[0] == 30
 
 
 def test_without_retries_failures_are_recorded_and_a_rerun_sends_only_those(tmp_path):

@@ -97,7 +97,7 @@ def test_rate_limit_that_does_not_lift_stops_and_a_rerun_sends_only_the_missing(
         with client_for(srv, led, budget=80, retry=RetryPolicy(2, 0.01, 0.05)) as client:
             batch = client.rationales(exs)
     assert batch.stopped and "rate limit did not lift" in batch.stopped
-    assert "run the same command again" in batch.stopped
+    assert "run the same command with --resume" in batch.stopped
     delivered = [r for r in batch if r.status == "delivered"]
     assert len(delivered) == 30
     assert all(r.status == "failed" and r.error for r in batch if r.status != "delivered")

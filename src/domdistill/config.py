@@ -75,7 +75,13 @@ class TeacherConfig(Section):
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(6, ge=0)
+    max_retries: int = Field(6, ge=0, description="Extra attempts per request after the first")
+    max_outage_s: float = Field(
+        30.0, gt=0, description="Stop a batch (resumable) when the teacher has answered nothing "
+                                "for this long: refused connections, 5xx, timeouts")
+    max_failure_rate: float = Field(
+        0.1, ge=0, le=1, description="Stop the run (resumable, exit 2) when more than this share "
+                                     "of a stage's teacher requests failed")
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(512, gt=0)
     price_per_1k_input: float = Field(0.0, ge=0, description="Cost estimate, currency per 1k prompt tokens")

@@ -42,7 +42,7 @@ def main() -> None:
         app()
     except DomDistillError as e:
         err_console.print("[bold red]error:[/]", end=" ")
-        err_console.print(str(e), highlight=False, markup=False)
+        err_console.print(str(e), highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
     except (OSError, sqlite3.OperationalError, RuntimeError) as e:
         if not _disk_full(e):
@@ -50,7 +50,8 @@ def main() -> None:
         err_console.print("[bold red]error:[/]", end=" ")
         err_console.print(f"could not write to disk ({e}): the disk is full or a file size limit "
                           "was reached. Every file keeps its last complete version; free space "
-                          "and run the same command with --resume.", highlight=False, markup=False)
+                          "and run the same command with --resume.", highlight=False, markup=False,
+                          soft_wrap=True)
         sys.exit(2)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,45 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from domdistill.cli import app
-from domdistill.errors import RunFolderError
-from domdistill.teachers.ledger import LEDGER_NAME, connect
-
-_SUMS = ("count(*) AS rows, sum(status='delivered') AS delivered, sum(status='failed') AS failed, "
-         "sum(status='inflight') AS inflight, sum(charged) AS charged, sum(cached) AS cached, "
-         "sum(prompt_tokens + completion_tokens) AS tokens, sum(cost) AS cost")
-
-
-def ledger_report(run_dir: str | Path) -> dict[str, Any]:
-    """Spend of a run folder's ledger: totals, limits, and breakdowns by domain, stage, status, kind."""
-    run_dir = Path(run_dir)
-    path = run_dir / LEDGER_NAME if run_dir.is_dir() else run_dir
-    if not path.is_file():
-        raise RunFolderError(f"{path}: no teacher ledger here (expected RUN_DIR/{LEDGER_NAME})")
-    try:
-        con = connect(path, readonly=True)
-        spend = dict(con.execute("SELECT calls, tokens, money FROM spend").fetchone())
-        limits = {r["name"]: r["value"] for r in con.execute("SELECT name, value FROM limits")}
-        report: dict[str, Any] = {"ledger": str(path), "spent": spend, "limits": limits,
-                                  "totals": dict(con.execute(f"SELECT {_SUMS} FROM calls").fetchone())}
-        for col in ("domain", "stage", "status", "kind"):
-            rows = con.execute(f"SELECT {col} AS name, {_SUMS} FROM calls GROUP BY {col} "
-                               "ORDER BY charged DESC, name").fetchall()
-            report[f"by_{col}"] = {str(r["name"]): {k: r[k] for k in r.keys() if k != "name"}
-                                   for r in rows}
-        report["failures"] = [dict(r) for r in con.execute(
-            "SELECT domain, stage, kind, error FROM calls WHERE status='failed' ORDER BY updated DESC LIMIT 5")]
-        con.close()
-    except sqlite3.DatabaseError as e:
-        raise RunFolderError(f"{path}: not a readable teacher ledger ({e})") from None
-    return report
-
+from domdistill.teachers.spend import GROUPS, ledger_report
 
 def _table(title: str, groups: dict[str, dict[str, Any]]) -> Table:
     t = Table(title=title)
-    cols = ("rows", "charged", "delivered", "failed", "inflight", "cached", "tokens", "cost")
+    cols = ("rows", "charged", "delivered", "unusable", "failed", "possibly_billed", "inflight",
+            "cached", "tokens", "cost")
     t.add_column(title.split()[-1])
     for c in cols:
-        t.add_column(c, justify="right")
+        t.add_column(c.replace("_", " "), justify="right")
     for name, v in groups.items():
         t.add_row(name, *(f"{(v.get(c) or 0):.4f}" if c == "cost" else str(v.get(c) or 0) for c in cols))
     return t
@@ -64,13 +34,23 @@ def ledger_cmd(run_dir: Path = typer.Argument(..., help="Run folder (or a ledger
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    con = Console()
-    s, lim = report["spent"], report["limits"]
+    con = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or log: no 80-column cut
+    t, lim = report["totals"], report["limits"]
     limit = f" of {int(lim['calls'])}" if lim.get("calls") is not None else ""
-    con.print(f"[bold]{report['ledger']}[/]: {s['calls']}{limit} calls charged, "
-              f"{s['tokens']} tokens, {s['money']:.4f} money")
-    for key in ("status", "domain", "stage", "kind"):
+    con.print(f"[bold]{report['ledger']}[/]: {t['charged'] or 0}{limit} calls charged, "
+              f"{t['tokens'] or 0} tokens, {t['cost'] or 0:.4f} money; {t['delivered'] or 0} "
+              f"delivered ({t['unusable'] or 0} unusable, {t['cached'] or 0} from a shared cache), "
+              f"{t['failed'] or 0} failed ({t['possibly_billed'] or 0} possibly billed, charged), "
+              f"{t['inflight'] or 0} in flight", highlight=False)
+    s = report["spent"]
+    if s["calls"] != (t["charged"] or 0):
+        con.print(f"warning: the ledger's spend counter says {s['calls']} calls, its rows "
+                  f"{t['charged'] or 0}: the file was changed outside domdistill", style="yellow")
+    for key in GROUPS:
         con.print(_table(f"spend by {key}", report[f"by_{key}"]))
     for f in report["failures"]:
-        con.print(f"failed: {f['domain']} stage {f['stage']}: {f['error']}", highlight=False,
+        con.print(f"failed ({f['billing'] or ('charged' if f['charged'] else 'not charged')}): "
+                  f"{f['domain']} stage {f['stage']}: {f['error']}", highlight=False, markup=False)
+    for p in report.get("problems", []):
+        con.print(f"unusable: {p['domain']} stage {p['stage']}: {p['problem']}", highlight=False,
                   markup=False)

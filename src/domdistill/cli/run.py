@@ -13,6 +13,7 @@ from rich.table import Table
 
 from domdistill.cli import app
 from domdistill.config import RunConfig, load_config
+from domdistill.evaluation.results import calls_summary
 
 console = Console()
 
@@ -48,11 +49,22 @@ def run(
     results = run_config(cfg, out=out, overwrite=overwrite or None, resume=resume)
     if not dist.is_main():  # under accelerate launch / torchrun the main process reports
         return
+    folder = out or cfg.output.dir
     if as_json:
         print(json.dumps(results, indent=2))
     else:
         print_results({cfg.method.name: results})
-        console.print(f"run folder: {out or cfg.output.dir}")
+        console.print(f"run folder: {folder}")
+    print_warnings(results, folder)
+
+
+def print_warnings(results: dict[str, Any], folder: Any) -> None:
+    """The run's warnings (failed or unusable teacher calls, ...) on stderr, after the results."""
+    from domdistill.cli import err_console
+
+    for w in results.get("warnings", []):
+        err_console.print(f"[bold yellow]warning:[/] {w}; see `domdistill ledger {folder}`",
+                          highlight=False)
 
 
 def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
@@ -109,8 +121,7 @@ def print_results(runs: dict[str, dict[str, Any]]) -> None:
     for block in ("macro", "micro", "head", "tail"):
         table.add_row(f"[bold]{block}", "", "", "",
                       *[f"[bold]{cell(r['metrics'][block])}" for r in runs.values()])
-    spent = [str(r.get("budget", {}).get("spent", "-")) for r in runs.values()]
-    table.add_row("teacher calls", "", "", "", *spent)
+    table.add_row("teacher calls", "", "", "", *[calls_summary(r.get("budget")) for r in runs.values()])
     console.print(table)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from domdistill.errors import InputError
 from domdistill.evaluation import plots
-from domdistill.evaluation.results import read_results
+from domdistill.evaluation.results import calls_summary, read_results
 from domdistill.io import atomic_dir, atomic_write_text
 
 PLOTS_DIR = "report_plots"
@@ -289,15 +289,14 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
     with_budget = any("spent" in r.budget for r in runs)
     rows, any_ci = [], False
     for r in runs:
-        cells = [r.label]
+        cells = [r.label + (" ⚠ (see Warnings)" if r.results.get("warnings") else "")]
         for block in ("macro", "micro", "head", "tail"):
             ci = interval(r, block, metric)
             any_ci = any_ci or ci is not None
             cells.append(_score(r.metrics.get(block, {}), metric)
                          + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
         if with_budget:
-            b = r.budget
-            cells.append(f"{b['spent']} / {b['limit']}" if "spent" in b else "-")
+            cells.append(calls_summary(r.budget, with_limit=True))
         rows.append(cells)
     doc.table(["method", "macro", "micro", "head", "tail",
                *(["teacher calls (spent / limit)"] if with_budget else [])], rows)
@@ -311,6 +310,13 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
                      "teacher's where the run measured both.")
     if notes:
         doc.p(" ".join(notes))
+    warned = [r for r in runs if r.results.get("warnings")]
+    if warned:
+        doc.h(2, "Warnings")
+        doc.p("These runs finished with teacher calls that failed or could not be used; their "
+              "scores rest on fewer training examples than planned (`domdistill ledger RUN` lists "
+              "the calls and why each was or was not charged).")
+        doc.table(["run", "warning"], [[r.label, w] for r in warned for w in r.results["warnings"]])
     doc.h(2, f"Per-domain {metric}")
     first = runs[0]
     counts = {d: n for r in runs for d, n in r.domain_counts.items()}

@@ -39,6 +39,38 @@ def build_results(method: str, metrics: dict[str, Any], *, wall_seconds: float,
     return out
 
 
+def teacher_warnings(budget: dict[str, Any] | None, top_logprobs: int | None = None) -> list[str]:
+    """What went wrong with the teacher calls of a finished run, in words (empty: nothing)."""
+    if not budget:
+        return []
+    out = []
+    failed, maybe = budget.get("failed", 0), budget.get("possibly_billed", 0)
+    if failed:
+        out.append(f"{failed} teacher call(s) failed and are missing from the training set "
+                   f"({maybe} possibly billed and charged, {failed - maybe} not charged)")
+    if budget.get("unusable"):
+        out.append(f"{budget['unusable']} teacher repl(ies) were delivered and charged but could "
+                   "not be used (empty or unparseable)")
+    if budget.get("in_flight"):
+        out.append(f"{budget['in_flight']} teacher call(s) are still recorded in flight")
+    if top_logprobs and budget.get("missing_logprobs"):
+        out.append(f"teacher.top_logprobs = {top_logprobs} was set but {budget['missing_logprobs']} "
+                   "replies came without log-probabilities (the server ignores the parameter); "
+                   "none were stored for them")
+    return out
+
+
+def calls_summary(budget: dict[str, Any] | None, with_limit: bool = False) -> str:
+    """Charged calls ("98" or "98 / 100"), with the failed, possibly billed and unusable ones
+    beside them when there are any: "98 (5 failed, 1 possibly billed)"."""
+    if not budget or "spent" not in budget:
+        return "-"
+    text = f"{budget['spent']} / {budget['limit']}" if with_limit else str(budget["spent"])
+    notes = [f"{budget[k]} {k.replace('_', ' ')}" for k in ("failed", "possibly_billed", "unusable")
+             if budget.get(k)]
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
 def write_results(path: str | Path, method: str, metrics: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Build and atomically write ``results.json``; returns what was written."""
     results = build_results(method, metrics, **kwargs)

@@ -25,6 +25,12 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
         torch.set_num_threads(cfg.training.cpu_threads)
     task = load_task(cfg.data)  # bad data fails here, before any folder is touched
     check_models(cfg)
+    if cfg.method.name in BALDISTILL_FAMILY:
+        from domdistill.methods.baldistill import RECIPES
+        from domdistill.teachers import check_teacher
+
+        if RECIPES[cfg.method.name].rationale and RECIPES[cfg.method.name].train:
+            check_teacher(cfg.teacher)
     if dist.launched() and cfg.method.name not in DDK_FAMILY:
         from domdistill.errors import ConfigError
 

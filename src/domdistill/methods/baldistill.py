@@ -59,6 +59,7 @@ class State:
     train: list[dict[str, Any]] = field(default_factory=list)  # annotated examples (to_dict)
     stages: list[dict[str, Any]] = field(default_factory=list)  # plan, selections, spend, metrics
     synthesized: dict[str, int] = field(default_factory=dict)  # synthesis requests per domain
+    elapsed: float = 0.0  # wall seconds of the stages finished, over every invocation
 
     @classmethod
     def load(cls, path: Path) -> "State | None":
@@ -164,6 +165,7 @@ class BalDistillRun:
 
         start = time.time()
         state = State.load(self.state_path) or State(pool=[ex.id for ex in self.task.pool])
+        earlier = state.elapsed
         budgets = plan_budgets(self.recipe, self.cfg) if self.recipe.train else []
         tracker = Tracker.from_config(self.cfg, self.dir.root)
         annotator = Annotator(self.cfg, self.dir, self.task) if budgets and self.recipe.rationale else None
@@ -171,13 +173,14 @@ class BalDistillRun:
             for stage, budget in enumerate(budgets, start=1):
                 if stage > state.stage:
                     self._run_stage(stage, budget, len(budgets), state, annotator)
+                    state.elapsed = earlier + time.time() - start
                     state.save(self.state_path)
                     tracker.log_stage(stage, state.stages[-1])
         finally:
             tracker.close()
             if annotator is not None:
                 annotator.close()
-        return self._results(state, start)
+        return self._results(state, earlier + time.time() - start)
 
     def _run_stage(self, stage: int, budget: int, n_stages: int, state: State, annotator) -> None:
         """Select, annotate, retrain, evaluate; records everything in ``state``."""
@@ -230,8 +233,8 @@ class BalDistillRun:
         return annotator.annotate_stage(stage, plan, chosen, real, self.recipe.tail, rng,
                                         state.synthesized)
 
-    def _results(self, state: State, start: float) -> dict[str, Any]:
-        from domdistill.evaluation.results import write_results
+    def _results(self, state: State, wall_seconds: float) -> dict[str, Any]:
+        from domdistill.evaluation.results import teacher_warnings, write_results
         from domdistill.methods.students import evaluate_student
 
         if state.stages:
@@ -244,6 +247,7 @@ class BalDistillRun:
             from domdistill.methods.annotate import ledger_spend
 
             budget = {"limit": self.cfg.method.budget, **ledger_spend(self.dir)}
+            budget["missing_logprobs"] = sum(s["spend"].get("missing_logprobs", 0) for s in state.stages)
         history = [{"stage": i + 1, "quotas": s["plan"]["quotas"], "head": s["plan"]["head"],
                     "tail": s["plan"]["tail"], "examples": s["examples"],
                     "train_size": s["train_size"], "spend": s["spend"], "macro": s["metrics"]["macro"],
@@ -252,7 +256,8 @@ class BalDistillRun:
                     "seconds": s.get("seconds", {})}
                    for i, s in enumerate(state.stages)]
         return write_results(self.dir.results, self.cfg.method.name, metrics,
-                             wall_seconds=time.time() - start, budget=budget, history=history,
+                             wall_seconds=wall_seconds, budget=budget, history=history,
+                             warnings=teacher_warnings(budget, self.cfg.teacher.top_logprobs),
                              dataset={"name": self.task.name, "pool": len(self.task.pool),
                                       "test": len(self.task.test), "domains": len(self.original),
                                       "domain_counts": self.original,

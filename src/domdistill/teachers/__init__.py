@@ -29,7 +29,7 @@ from domdistill.teachers.retry import RetryPolicy
 __all__ = ["Batch", "Budget", "CallError", "DELIVERED", "EXHAUSTED", "FAILED", "LEDGER_NAME",
            "Ledger", "ProgramTeacher", "PromptSet", "RationaleResult", "RecordedTeacher",
            "RetryPolicy", "SynthResult", "Tags", "Teacher", "TeacherClient", "TeacherRequest",
-           "TeacherResponse", "make_teacher", "open_client", "prompts_from_config"]
+           "TeacherResponse", "check_teacher", "make_teacher", "open_client", "prompts_from_config"]
 
 
 def make_teacher(cfg: TeacherConfig, real: Iterable[DomainExample] | None = None, seed: int = 0) -> Teacher:
@@ -47,6 +47,24 @@ def make_teacher(cfg: TeacherConfig, real: Iterable[DomainExample] | None = None
         return RecordedTeacher.from_paths(cfg.recorded_paths, match=cfg.recorded_match,
                                           real=real, name=cfg.model)
     return ProgramTeacher(seed=seed)
+
+
+def check_teacher(cfg: TeacherConfig) -> None:
+    """What can be checked before a run folder exists or a call is made: the API key variable
+    is set, the recorded-teacher files are there."""
+    import os
+
+    from domdistill.errors import ConfigError
+
+    if cfg.kind == "openai" and not os.environ.get(cfg.api_key_env):
+        raise ConfigError(f"environment variable ${cfg.api_key_env} holding the API key is not "
+                          "set (for a local server that needs no key, set it to any value)",
+                          field="teacher.api_key_env")
+    if cfg.kind == "recorded":
+        for i, p in enumerate(cfg.recorded_paths):
+            if not Path(p).is_file():
+                raise ConfigError(f"{Path(p).resolve()}: recorded-teacher file does not exist",
+                                  field=f"teacher.recorded_paths[{i}]")
 
 
 def prompts_from_config(cfg: TeacherConfig, task: str, labels: list[str] | None = None) -> PromptSet:
@@ -78,4 +96,4 @@ def open_client(cfg: TeacherConfig, run_dir: str | Path, budget_calls: int | Non
         tokens_per_minute=cfg.tokens_per_minute,
         retry=RetryPolicy(cfg.max_retries, cfg.retry_base_s, cfg.retry_max_s),
         temperature=cfg.temperature, max_tokens=cfg.max_tokens, synthesis_cost=synthesis_cost,
-        top_logprobs=cfg.top_logprobs)
+        top_logprobs=cfg.top_logprobs, max_outage_s=cfg.max_outage_s)

@@ -75,11 +75,16 @@ class TeacherResponse:
 
 @dataclass
 class CallError(Exception):
-    """A failed attempt, classified for the retry layer.
+    """A failed attempt, classified for the retry layer and the ledger.
 
     ``retryable``: another attempt may succeed (429, 5xx, timeout, connection error).
-    ``stop``: no further request can succeed either (bad key, quota gone): end the batch.
-    ``maybe_billed``: the provider may have processed it (timeouts, dropped connections).
+    ``stop``: no further request can succeed either (bad key, quota gone): end the batch now.
+    ``systematic``: the same rejection will meet every request (wrong model, path or parameters):
+    end the batch after a few identical ones.
+    ``outage``: the server is unreachable or failing (refused, 5xx, timeout): every sender waits
+    together, and a batch whose teacher stays down stops after ``teacher.max_outage_s``.
+    ``maybe_billed``: the provider may have processed it (read timeouts, dropped connections).
+    ``billing``: why it can or cannot have been billed, in words, for the ledger.
     """
 
     message: str
@@ -89,6 +94,9 @@ class CallError(Exception):
     stop: bool = False
     maybe_billed: bool = False
     rate_limited: bool = field(default=False)
+    systematic: bool = False
+    outage: bool = False
+    billing: str = ""
 
     def __str__(self) -> str:
         return self.message

@@ -13,10 +13,14 @@ goes from one reply to its next request without waiting for SQLite; the batch re
 every delivery is committed. A reserved request that a stop keeps from being sent gets its
 charge back.
 
-A stop condition (rate limit that does not lift, bad key or quota, budget exhausted) ends the
-batch: answers already delivered are kept, requests not sent are recorded as failed with no
-charge, and :attr:`Batch.stopped` says what happened and how to resume (rerun: the ledger
-serves what was delivered and only the missing requests are sent).
+Failures are charged by what the provider can have billed (see :mod:`domdistill.teachers.ledger`).
+When the teacher is down or rate-limited, every sender waits together (:class:`OutageGate`).
+A stop condition ends the batch: a bad key or quota, a rejection that meets every request
+(wrong model, path or parameters: after a few identical ones), a teacher that answered nothing
+for ``max_outage_s``, a rate limit that does not lift, the budget. Answers already delivered are
+kept, requests not sent are recorded as failed with no charge, and :attr:`Batch.stopped` says
+what happened and how to resume (rerun: the ledger serves what was delivered and only the
+missing requests are sent).
 
 BalDistill use: one delivered training example = one charged call. ``rationales(selected,
 with_answer=True, tags={"stage": i})`` for head domains; ``synthesize(domain, exemplars,
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 from domdistill.data.example import DomainExample
@@ -40,7 +44,10 @@ from domdistill.teachers.results import (
     DELIVERED, EXHAUSTED, FAILED, Batch, RationaleResult, SynthResult, Outcome, Reserved,
 )
 from domdistill.teachers.prompts import PromptSet, parse_synthesis, with_final_answer
-from domdistill.teachers.retry import RateLimiter, RetryPolicy
+from domdistill.teachers.retry import OutageGate, RateLimiter, RetryPolicy
+
+SYSTEMATIC_STOP_AFTER = 3  # identical rejections (wrong model, path, parameters) that end a batch
+EMPTY_REPLY = "empty reply (whitespace only)"
 
 class TeacherClient:
     """Calls ``teacher`` for batches of requests, recording every call in ``ledger``."""
@@ -49,7 +56,7 @@ class TeacherClient:
                  concurrency: int = 16, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, retry: RetryPolicy | None = None,
                  temperature: float = 0.0, max_tokens: int = 512, synthesis_cost: int = 1,
-                 top_logprobs: int | None = None):
+                 top_logprobs: int | None = None, max_outage_s: float | None = 30.0):
         self.teacher, self.ledger = teacher, ledger
         self.prompts = prompts or PromptSet()
         self.concurrency = concurrency
@@ -57,8 +64,10 @@ class TeacherClient:
         self.params: tuple[tuple[str, Any], ...] = (("max_tokens", max_tokens), ("temperature", temperature))
         if top_logprobs:
             self.params += (("top_logprobs", top_logprobs),)
-        self.max_tokens = max_tokens
+        self.max_tokens, self.temperature, self.top_logprobs = max_tokens, temperature, top_logprobs
+        self.max_outage_s = max_outage_s
         self.synthesis_cost = synthesis_cost
+        self.missing_logprobs = 0  # replies without the log-probabilities that were asked for
         self._rpm = RateLimiter(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self._synth_next: dict[str, int] = defaultdict(int)
@@ -67,6 +76,13 @@ class TeacherClient:
         self._stop_event: asyncio.Event | None = None
         self._writes: list[asyncio.Future] = []
         self._unwritten: list[tuple[Reserved, TeacherResponse, float, int]] = []
+        self._gate = OutageGate(max_outage_s)
+        self._rejections: Counter[str] = Counter()
+
+    @property
+    def endpoint(self) -> str:
+        """Where the teacher is, for messages: its URL, or its id."""
+        return getattr(self.teacher, "endpoint", None) or self.teacher.teacher_id
 
     # ------------------------------------------------------------------ public API
     def rationales(self, examples: Iterable[DomainExample], with_answer: bool = True,
@@ -82,7 +98,7 @@ class TeacherClient:
             text = self._rationale_text(o)
             ans = self.prompts.parse_answer(text) if text is not None else None
             out.append(RationaleResult(ex, o.status, text, ans, is_correct(ans, ex.answer, self._task),
-                                       o.cached, o.error))
+                                       o.cached, o.error, o.problem))
         out.stopped = self._stop
         return out
 
@@ -146,7 +162,7 @@ class TeacherClient:
 
     @staticmethod
     def _rationale_text(o: Outcome) -> str | None:
-        if o.status != DELIVERED:
+        if o.status != DELIVERED or o.problem is not None:
             return None
         if o.data and o.data.get("rationale") is not None:
             return with_final_answer(o.data["rationale"], o.data.get("answer"))
@@ -154,7 +170,7 @@ class TeacherClient:
 
     def _parse_synth(self, o: Outcome) -> tuple[str, str | None, str, str | None] | None:
         """(input, rationale, intended answer, teacher's own answer) of a synthesis reply, or None."""
-        if o.status != DELIVERED:
+        if o.status != DELIVERED or (o.problem is not None and not o.data):
             return None
         if o.data and o.data.get("input"):
             d = o.data
@@ -171,14 +187,18 @@ class TeacherClient:
         if o.status != DELIVERED:
             return SynthResult(domain, index, o.status, error=o.error)
         if parsed is None:
-            return SynthResult(domain, index, FAILED, text=o.text, cached=o.cached,
-                               error=f"synthesis #{index} for domain '{domain}': the reply has no "
-                                     "'Input:' and 'The answer is:' lines")
+            problem = o.problem or "unparseable synthesis reply: no 'Input:' and 'The answer is:' lines"
+            if o.key is not None and o.problem is None:
+                self.ledger.set_problem(o.key, problem)
+            return SynthResult(domain, index, DELIVERED, text=o.text, cached=o.cached,
+                               problem=problem)
         new_input, rationale, intended, prediction = parsed
         text, cached = None, o.cached
         if rat is not None:  # synthesis_cost 2: an independent rationale, checked by the filter
             if rat.status != DELIVERED:
                 return SynthResult(domain, index, rat.status, text=o.text, error=rat.error)
+            if rat.problem is not None:
+                return SynthResult(domain, index, DELIVERED, text=o.text, problem=rat.problem)
             text, cached = self._rationale_text(rat), cached and rat.cached
         elif rationale:
             text = with_final_answer(rationale, prediction if prediction is not None else intended)
@@ -197,8 +217,7 @@ class TeacherClient:
         tid = self.teacher.teacher_id
         keys = [r.key(tid) for r, _ in items]
         found: dict[str, CallRecord] = self.ledger.lookup(keys)
-        outcomes: dict[str, Outcome] = {k: Outcome(DELIVERED, rec.response, rec.data, True)
-                                         for k, rec in found.items()}
+        outcomes: dict[str, Outcome] = {k: self._cached(k, rec) for k, rec in found.items()}
         todo: dict[str, tuple[TeacherRequest, Tags]] = {}
         for key, item in zip(keys, items):
             if key not in outcomes:
@@ -212,6 +231,7 @@ class TeacherClient:
         senders = min(self.concurrency, len(chunks))
         ready: asyncio.Queue[list[Reserved] | None] = asyncio.Queue(maxsize=max(1, self.concurrency))
         self._writes = []
+        self._rejections.clear()
         tasks = [asyncio.ensure_future(self._reserve_ahead(chunks, ready, outcomes, senders))]
         tasks += [asyncio.ensure_future(self._sender(ready, outcomes)) for _ in range(senders)]
         try:
@@ -223,6 +243,10 @@ class TeacherClient:
             await asyncio.gather(*tasks, *self._writes, return_exceptions=True)
             raise
         return [outcomes[k] for k in keys]
+
+    @staticmethod
+    def _cached(key: str, rec: CallRecord) -> Outcome:
+        return Outcome(DELIVERED, rec.response, rec.data, True, problem=rec.problem, key=key)
 
     def _set_stop(self, message: str) -> None:
         if self._stop is None:
@@ -263,8 +287,7 @@ class TeacherClient:
         send: list[Reserved] = []
         for (key, (req, tags)), r in zip(chunk, reservations):
             if r.outcome == "cached":  # delivered meanwhile by another process sharing the ledger
-                rec = r.record
-                outcomes[key] = Outcome(DELIVERED, rec.response, rec.data, True)
+                outcomes[key] = self._cached(key, r.record)
             elif r.outcome == "exhausted":
                 self._set_stop(f"teacher budget reached: {r.reason}. Requests not sent are "
                                "reported as budget_exhausted; raise the budget and run again "
@@ -293,7 +316,8 @@ class TeacherClient:
                 outcomes[r.key] = Outcome(status, error=msg)
                 if status == FAILED:
                     self.ledger.fail(r.key, msg, release=r.new, tags=r.tags,
-                                     request=self._request_record(r.request))
+                                     request=self._request_record(r.request),
+                                     billing="not billed: not sent, the batch stopped")
 
     async def _send(self, send: list[Reserved], outcomes: dict[str, Outcome]) -> None:
         reqs = [r.request for r in send]
@@ -301,38 +325,84 @@ class TeacherClient:
             await self._rpm.acquire(len(reqs))
         if self._tpm:
             await self._tpm.acquire(sum(self._estimate(r) for r in reqs))
-        start, attempts, maybe_billed = time.monotonic(), 0, False
+        start, attempts, billed, used = time.monotonic(), 0, None, (0, 0)
+        last: CallError | None = None
         while True:
+            await self._sleep(self._gate.cap(self._gate.wait_s()))  # the batch waits out an outage together
+            if self._stop and not self._budget_stop:  # stopped while this request waited
+                why = f"{last} (after {attempts} attempt(s))" if last else "not sent"
+                self._fail(send, f"{why}; the batch stopped ({self._stop})", attempts,
+                           release=billed is None, outcomes=outcomes,
+                           billing=billed or (last.billing if last else "not billed: not sent"))
+                return
             attempts += 1
             try:
                 responses = await self.teacher.complete(reqs)
-                break
             except CallError as e:
-                maybe_billed = maybe_billed or e.maybe_billed
                 last = e
             except TeacherError as e:  # e.g. a recorded teacher with no record: never invent one
-                last = CallError(str(e))
+                last = CallError(str(e), billing="not billed: the teacher has no answer for it")
             except Exception as e:  # anything else a back-end raises: a dead letter, never a lost row
-                last = CallError(f"{type(e).__name__}: {e}", maybe_billed=True)
-            if last.stop:
-                self._set_stop(f"the teacher refused the request ({last}); fix the cause (API key, "
-                               "quota) and run again: delivered answers are reused from the ledger.")
+                last = CallError(f"{type(e).__name__}: {e}", maybe_billed=True,
+                                 billing=f"possibly billed: the back-end raised {type(e).__name__}")
+            else:
+                self._gate.answered()
+                if self._retry_empty(responses, attempts):  # sampling: another draw may differ
+                    used = (used[0] + responses[0].prompt_tokens, used[1] + responses[0].completion_tokens)
+                    continue
+                break
+            if last.maybe_billed and billed is None:
+                billed = last.billing or "possibly billed"
+            self._note_failure(last, attempts)
             out_of_retries = attempts > self.retry.max_retries
-            if last.rate_limited and out_of_retries:
-                self._set_stop(f"the teacher's rate limit did not lift ({last} after {attempts} "
-                               "attempts). Delivered answers are kept in the ledger and the rest "
-                               "are recorded as failed; wait for the limit to reset (or lower "
-                               "teacher.concurrency / requests_per_minute) and run the same command "
-                               "again: only the missing requests are sent.")
             if not last.retryable or out_of_retries or self._stop:
                 self._fail(send, f"{last} (after {attempts} attempt(s))", attempts,
-                           release=not maybe_billed, outcomes=outcomes)
+                           release=billed is None, outcomes=outcomes, billing=billed or last.billing)
                 return
-            await self._sleep(self.retry.delay(attempts - 1, last.retry_after))
+            delay = self.retry.delay(attempts - 1, last.retry_after)
+            if last.outage or last.rate_limited:
+                self._gate.hold(delay)
+            await self._sleep(self._gate.cap(delay))
+        if used != (0, 0):  # usage of the empty draws before this one: billed too
+            responses[0].prompt_tokens += used[0]
+            responses[0].completion_tokens += used[1]
         latency = (time.monotonic() - start) / len(reqs)
         self._unwritten += [(r, resp, latency, attempts) for r, resp in zip(send, responses)]
         if len(self._unwritten) == len(send):  # the first unwritten reply schedules the commit
             self._writes.append(asyncio.ensure_future(self._record_delivered(outcomes)))
+
+    def _retry_empty(self, responses: list[TeacherResponse], attempts: int) -> bool:
+        """Whether to ask again after an empty reply: only when sampling (temperature > 0), one
+        request at a time, within the retry limit. At temperature 0 the reply would not change."""
+        return (self.temperature > 0 and len(responses) == 1 and attempts <= self.retry.max_retries
+                and _problem(responses[0]) is not None)
+
+    def _note_failure(self, err: CallError, attempts: int) -> None:
+        """Turn a failed attempt into a stop of the whole batch when no request can succeed."""
+        resume = "delivered answers are reused from the ledger and only the missing requests are sent"
+        if err.outage:
+            self._gate.failed()
+            if self._gate.expired:
+                self._set_stop(
+                    f"the teacher has answered nothing for {self._gate.down_for():.0f} s "
+                    f"(teacher.max_outage_s = {self.max_outage_s:g}); last error: {err}. Failed "
+                    "requests that cannot have been billed were not charged. Start the server or "
+                    f"fix teacher.base_url, then run the same command with --resume: {resume}.")
+        if err.stop:
+            self._set_stop(f"the teacher refused the request ({err}); fix the cause and run the "
+                           f"same command with --resume: {resume}.")
+        if err.systematic:
+            self._rejections[err.message] += 1
+            if self._rejections[err.message] >= SYSTEMATIC_STOP_AFTER:
+                self._set_stop(f"{err} ({self._rejections[err.message]} requests were rejected "
+                               "the same way, none was charged). Fix the configuration and run "
+                               f"the same command with --resume: {resume}.")
+        if err.rate_limited and attempts > self.retry.max_retries:
+            self._set_stop(f"the teacher's rate limit did not lift ({err} after {attempts} "
+                           "attempts). Delivered answers are kept in the ledger and the rest "
+                           "are recorded as failed, not charged; wait for the limit to reset (or "
+                           "lower teacher.concurrency / requests_per_minute) and run the same "
+                           "command with --resume: only the missing requests are sent.")
 
     async def _record_delivered(self, outcomes: dict[str, Outcome]) -> None:
         """Commit the replies that arrived together in one transaction; the batch returns only
@@ -343,24 +413,30 @@ class TeacherClient:
             with self.ledger.transaction():
                 for r, resp, latency, attempts in delivered:
                     self.ledger.complete(r.key, resp.text, self._response_data(resp),
-                                         resp.prompt_tokens, resp.completion_tokens, latency, attempts)
+                                         resp.prompt_tokens, resp.completion_tokens, latency,
+                                         attempts, _problem(resp))
         except BaseException as e:  # e.g. disk full: send nothing more, then raise
             self._set_stop(f"the ledger could not record the teacher's replies ({e})")
             raise
         for r, resp, _, _ in delivered:
-            outcomes[r.key] = Outcome(DELIVERED, resp.text, self._response_data(resp))
+            if self.top_logprobs and resp.logprobs is None:
+                self.missing_logprobs += 1
+            outcomes[r.key] = Outcome(DELIVERED, resp.text, self._response_data(resp),
+                                      problem=_problem(resp), key=r.key)
 
     def _fail(self, send: list[Reserved], error: str, attempts: int, release: bool,
-              outcomes: dict[str, Outcome]) -> None:
+              outcomes: dict[str, Outcome], billing: str | None = None) -> None:
         with self.ledger.transaction():
             for r in send:
                 msg = f"{r.request.describe()}: {error}"
-                outcomes[r.key] = Outcome(FAILED, error=msg)
-                self.ledger.fail(r.key, msg, attempts, release and r.new)
+                outcomes[r.key] = Outcome(FAILED, error=msg, key=r.key)
+                self.ledger.fail(r.key, msg, attempts, release and r.new, billing=billing)
 
     async def _sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds, waking early when the batch is stopped."""
         assert self._stop_event is not None
+        if delay <= 0 or self._stop_event.is_set():
+            return
         try:
             await asyncio.wait_for(self._stop_event.wait(), timeout=delay)
         except asyncio.TimeoutError:
@@ -383,3 +459,10 @@ class TeacherClient:
         if resp.logprobs is not None:
             data["logprobs"] = resp.logprobs
         return data
+
+
+def _problem(resp: TeacherResponse) -> str | None:
+    """Why a delivered reply cannot be used, or None."""
+    if resp.data is None and not (resp.text or "").strip():
+        return EMPTY_REPLY
+    return None

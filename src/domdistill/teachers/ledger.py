@@ -7,8 +7,16 @@ One row per distinct request (``key``). Life of a row::
 
 A reservation is committed *before* the request is sent, so after a crash an ``inflight`` row
 still counts against the budget (the provider may have billed it); the next run re-sends it
-once under the charge already made. A failed row keeps its charge when the provider may have
-processed it (timeouts, dropped connections) and gives it back when every attempt was refused.
+once under the charge already made.
+
+The charging rule, by what the provider can have billed (column ``billing`` says which applied):
+a delivered answer is charged; a request that never reached the server (connection refused, DNS
+failure, connect timeout) or that the server rejected before generating (4xx, 429, 5xx other
+than the timeouts 408/504) is not; a request whose outcome is unknown (read timeout, connection
+lost after it was sent) stays charged as *possibly billed*. The budget counts charged rows only;
+a rerun sends uncharged failures again (a new charge) and possibly billed ones once more under
+their charge. A delivered reply that cannot be used (whitespace only, an unparseable synthesis)
+keeps its charge and usage, and column ``problem`` says why it was not used.
 
 Every operation runs in a ``BEGIN IMMEDIATE`` transaction, so budget checks are atomic across
 threads and processes sharing the file. Operations inside ``with ledger.transaction():`` share
@@ -39,7 +47,7 @@ CREATE TABLE IF NOT EXISTS calls (
   prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
   reserved_tokens INTEGER NOT NULL DEFAULT 0, cost REAL NOT NULL DEFAULT 0,
   latency_s REAL, attempts INTEGER NOT NULL DEFAULT 0, sends INTEGER NOT NULL DEFAULT 0,
-  error TEXT, created REAL, updated REAL);
+  error TEXT, created REAL, updated REAL, billing TEXT, problem TEXT);
 CREATE INDEX IF NOT EXISTS calls_status ON calls(status);
 CREATE TABLE IF NOT EXISTS spend (
   id INTEGER PRIMARY KEY CHECK (id = 1), calls INTEGER NOT NULL, tokens INTEGER NOT NULL,
@@ -47,6 +55,11 @@ CREATE TABLE IF NOT EXISTS spend (
 INSERT OR IGNORE INTO spend VALUES (1, 0, 0, 0.0);
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, value REAL);
 """
+_ADDED_COLUMNS = {"billing": "TEXT", "problem": "TEXT"}  # columns newer than the first schema
+
+DELIVERED_BILLING = "billed: delivered"
+INFLIGHT_BILLING = "counted as billed: sent, no answer recorded yet"
+
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class CallRecord:
     sends: int
     error: str | None
     cached: bool = False
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,17 @@ def _record(row: sqlite3.Row, cached: bool = False) -> CallRecord:
                       data=json.loads(row["data"]) if row["data"] else None,
                       prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"],
                       attempts=row["attempts"], sends=row["sends"], error=row["error"],
-                      cached=cached or bool(row["cached"]))
+                      cached=cached or bool(row["cached"]),
+                      problem=row["problem"] if "problem" in row.keys() else None)
+
+
+def migrate(con: sqlite3.Connection) -> None:
+    """Create the tables, and add the columns a ledger written by an older version lacks."""
+    con.executescript(_SCHEMA)
+    have = {r[1] for r in con.execute("PRAGMA table_info(calls)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in have:
+            con.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
@@ -130,12 +154,12 @@ class Ledger:
         self.budget = budget or Budget()
         self.price_per_1k = price_per_1k
         self._con = connect(self.path)
-        self._con.executescript(_SCHEMA)
+        migrate(self._con)
         self._shared: sqlite3.Connection | None = None
         if shared_cache is not None and Path(shared_cache).resolve() != self.path.resolve():
             Path(shared_cache).parent.mkdir(parents=True, exist_ok=True)
             self._shared = connect(shared_cache)
-            self._shared.executescript(_SCHEMA)
+            migrate(self._shared)
         self._lock = threading.RLock()
         self._depth = 0
         with self.transaction():
@@ -198,13 +222,14 @@ class Ledger:
         return found
 
     def _import_shared(self, row: sqlite3.Row) -> None:
-        cols = [c for c in row.keys() if c not in ("charged", "cached", "created", "updated")]
+        cols = [c for c in row.keys() if c not in ("charged", "cached", "created", "updated", "billing")]
         now = time.time()
         self._con.execute(
-            f"INSERT INTO calls ({', '.join(cols)}, charged, cached, created, updated) "
-            f"VALUES ({', '.join('?' * len(cols))}, 0, 1, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+            f"INSERT INTO calls ({', '.join(cols)}, charged, cached, created, updated, billing) "
+            f"VALUES ({', '.join('?' * len(cols))}, 0, 1, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
             "status='delivered', response=excluded.response, data=excluded.data, cached=1, "
-            "updated=excluded.updated", [row[c] for c in cols] + [now, now])
+            "problem=excluded.problem, updated=excluded.updated, billing=excluded.billing",
+            [row[c] for c in cols] + [now, now, "not charged: served from the shared cache"])
 
     def _reserve(self, key: str, tags: Tags, request: str, est_tokens: int,
                  teacher: str | None) -> Reservation:
@@ -214,7 +239,7 @@ class Ledger:
             return Reservation(key, "cached", _record(row))
         if row is not None and row["charged"]:
             self._con.execute("UPDATE calls SET status='inflight', sends=sends+1, updated=? "
-                              "WHERE key=?", (now, key))
+                              "WHERE key=?", (now, key))  # keeps its billing reason
             return Reservation(key, "resend")
         calls, tokens, money = self._con.execute("SELECT calls, tokens, money FROM spend").fetchone()
         est_cost = self._cost(est_tokens, 0)
@@ -232,10 +257,13 @@ class Ledger:
                           (est_tokens, est_cost))
         self._con.execute(
             "INSERT INTO calls (key, teacher, domain, stage, kind, status, charged, request, "
-            "reserved_tokens, cost, sends, created, updated) VALUES (?, ?, ?, ?, ?, 'inflight', 1, ?, ?, ?, 1, ?, ?) "
+            "reserved_tokens, cost, sends, created, updated, billing) "
+            "VALUES (?, ?, ?, ?, ?, 'inflight', 1, ?, ?, ?, 1, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET status='inflight', charged=1, error=NULL, "
-            "reserved_tokens=excluded.reserved_tokens, cost=excluded.cost, sends=sends+1, updated=excluded.updated",
-            (key, teacher, tags.domain, tags.stage, tags.kind, request, est_tokens, est_cost, now, now))
+            "reserved_tokens=excluded.reserved_tokens, cost=excluded.cost, sends=sends+1, "
+            "updated=excluded.updated, billing=excluded.billing",
+            (key, teacher, tags.domain, tags.stage, tags.kind, request, est_tokens, est_cost, now, now,
+             INFLIGHT_BILLING))
         return Reservation(key, "new")
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -243,7 +271,8 @@ class Ledger:
         return prompt_tokens / 1000 * pin + completion_tokens / 1000 * pout
 
     def _complete(self, key: str, response: str, data: dict | None, prompt_tokens: int,
-                  completion_tokens: int, latency_s: float, attempts: int) -> None:
+                  completion_tokens: int, latency_s: float, attempts: int,
+                  problem: str | None = None) -> None:
         row = self._con.execute("SELECT reserved_tokens, cost, charged FROM calls WHERE key=?",
                                 (key,)).fetchone()
         cost = self._cost(prompt_tokens, completion_tokens)
@@ -253,10 +282,10 @@ class Ledger:
         self._con.execute(
             "UPDATE calls SET status='delivered', response=?, data=?, prompt_tokens=?, "
             "completion_tokens=?, reserved_tokens=?, cost=?, latency_s=?, attempts=attempts+?, error=NULL, "
-            "updated=? WHERE key=?",
+            "updated=?, billing=?, problem=? WHERE key=?",
             (response, json.dumps(data) if data is not None else None, prompt_tokens,
              completion_tokens, prompt_tokens + completion_tokens, cost, latency_s, attempts,
-             time.time(), key))
+             time.time(), DELIVERED_BILLING, problem, key))
         if self._shared is not None:
             srow = self._con.execute("SELECT * FROM calls WHERE key=?", (key,)).fetchone()
             cols = list(srow.keys())
@@ -264,16 +293,17 @@ class Ledger:
                                  f"({', '.join('?' * len(cols))})", [srow[c] for c in cols])
 
     def _fail(self, key: str, error: str, attempts: int, release: bool, tags: Tags | None,
-              request: str | None) -> None:
+              request: str | None, billing: str | None) -> None:
         now = time.time()
-        row = self._con.execute("SELECT status, charged, reserved_tokens, cost FROM calls WHERE key=?",
-                                (key,)).fetchone()
+        row = self._con.execute("SELECT status, charged, reserved_tokens, cost, billing FROM calls "
+                                "WHERE key=?", (key,)).fetchone()
         if row is None:  # never sent (the batch stopped first): a dead letter with no charge
             tags = tags or Tags()
             self._con.execute(
-                "INSERT INTO calls (key, domain, stage, kind, status, request, error, created, updated) "
-                "VALUES (?, ?, ?, ?, 'failed', ?, ?, ?, ?)",
-                (key, tags.domain, tags.stage, tags.kind, request, error, now, now))
+                "INSERT INTO calls (key, domain, stage, kind, status, request, error, created, "
+                "updated, billing) VALUES (?, ?, ?, ?, 'failed', ?, ?, ?, ?, ?)",
+                (key, tags.domain, tags.stage, tags.kind, request, error, now, now,
+                 billing or "not billed: not sent"))
             return
         if row["status"] == "delivered":
             return
@@ -281,8 +311,18 @@ class Ledger:
             self._con.execute("UPDATE spend SET calls=calls-1, tokens=tokens-?, money=money-?",
                               (row["reserved_tokens"], row["cost"]))
             self._con.execute("UPDATE calls SET charged=0, reserved_tokens=0, cost=0 WHERE key=?", (key,))
-        self._con.execute("UPDATE calls SET status='failed', error=?, attempts=attempts+?, updated=? "
-                          "WHERE key=?", (error, attempts, now, key))
+        elif row["charged"] and not (billing or "").startswith("possibly billed"):
+            # still charged by an earlier send that may have been billed: keep that reason
+            old = row["billing"] or ""
+            billing = old if old.startswith("possibly billed") else \
+                "possibly billed: sent in an earlier run that ended before its answer was recorded"
+        self._con.execute("UPDATE calls SET status='failed', error=?, attempts=attempts+?, updated=?, "
+                          "billing=coalesce(?, billing) WHERE key=?",
+                          (error, attempts, now, billing, key))
+
+    def _set_problem(self, key: str, problem: str) -> None:
+        self._con.execute("UPDATE calls SET problem=? WHERE key=? AND status='delivered'",
+                          (problem, key))
 
     # ------------------------------------------------------------------ public, thread-safe
     def lookup(self, keys: list[str]) -> dict[str, CallRecord]:
@@ -298,17 +338,26 @@ class Ledger:
             return self._reserve(key, tags, blob, int(est_tokens), teacher)
 
     def complete(self, key: str, response: str, data: dict | None = None, prompt_tokens: int = 0,
-                 completion_tokens: int = 0, latency_s: float = 0.0, attempts: int = 1) -> None:
-        """Record the delivered response of an in-flight call."""
+                 completion_tokens: int = 0, latency_s: float = 0.0, attempts: int = 1,
+                 problem: str | None = None) -> None:
+        """Record the delivered response of an in-flight call (``problem``: why it is unusable)."""
         with self.transaction():
-            self._complete(key, response, data, prompt_tokens, completion_tokens, latency_s, attempts)
+            self._complete(key, response, data, prompt_tokens, completion_tokens, latency_s,
+                           attempts, problem)
 
     def fail(self, key: str, error: str, attempts: int = 0, release: bool = False,
-             tags: Tags | None = None, request: dict[str, Any] | None = None) -> None:
-        """Record a dead letter. ``release`` gives the charge back (the provider refused every attempt)."""
+             tags: Tags | None = None, request: dict[str, Any] | None = None,
+             billing: str | None = None) -> None:
+        """Record a dead letter. ``release`` gives the charge back (the provider cannot have
+        billed any attempt); ``billing`` says why it is charged or not."""
         blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
         with self.transaction():
-            self._fail(key, error, attempts, release, tags, blob)
+            self._fail(key, error, attempts, release, tags, blob, billing)
+
+    def set_problem(self, key: str, problem: str) -> None:
+        """Note why a delivered reply could not be used (it stays delivered and charged)."""
+        with self.transaction():
+            self._set_problem(key, problem)
 
     def spent(self) -> dict[str, float]:
         """Charged calls, tokens and money so far (in-flight included)."""

@@ -17,6 +17,9 @@ import argparse
 import json
 import random
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +32,8 @@ from domdistill.errors import InputError
 from domdistill.teachers.prompts import with_final_answer
 
 _SYNTH = re.compile(r'domain "([^"]+)" \(new example number (\d+)\)')
-OUTCOMES = ("ok", "error", "rate_limited", "slow", "malformed", "empty", "unauthorized")
+OUTCOMES = ("ok", "error", "rate_limited", "slow", "malformed", "empty", "garbled", "unauthorized")
+GARBLED = "Sure! Here is what you asked for, in my own words."
 
 
 @dataclass
@@ -40,7 +44,8 @@ class Faults:
     rate_limit_rate: float = 0.0    # HTTP 429 with Retry-After
     slow_rate: float = 0.0          # answer after ``slow_s`` (past the client's timeout)
     malformed_rate: float = 0.0     # HTTP 200 with a truncated JSON body
-    empty_rate: float = 0.0         # HTTP 200 with an empty completion
+    empty_rate: float = 0.0         # HTTP 200 with an empty or whitespace-only completion
+    garbled_rate: float = 0.0       # HTTP 200 with a reply that has no answer line
     rate_limit_after: int | None = None  # every request after the N-th: 429, for good
     retry_after_s: float = 0.05
     slow_s: float = 2.0
@@ -53,7 +58,7 @@ class Faults:
         x = rng.random()
         for outcome, p in (("error", self.error_rate), ("rate_limited", self.rate_limit_rate),
                            ("slow", self.slow_rate), ("malformed", self.malformed_rate),
-                           ("empty", self.empty_rate)):
+                           ("empty", self.empty_rate), ("garbled", self.garbled_rate)):
             if x < p:
                 return outcome
             x -= p
@@ -84,9 +89,11 @@ class ProgramServer:
     """The server on ``127.0.0.1:port`` in a background thread (``port=0``: a free one)."""
 
     def __init__(self, port: int = 0, faults: Faults | None = None, api_key: str | None = None,
-                 log: str | Path | None = None, seed: int = 0, model: str = "teacher"):
+                 log: str | Path | None = None, seed: int = 0, model: str = "teacher",
+                 strict_model: bool = False):
         self.faults = faults or Faults()
         self.api_key, self.seed, self.model = api_key, seed, model
+        self.strict_model = strict_model  # other model names: HTTP 400 with a FastAPI ``detail``
         self.log = Path(log) if log else None
         self.counts = {k: 0 for k in OUTCOMES}
         self._rng = random.Random(self.faults.seed)
@@ -193,6 +200,11 @@ def _handler(server: ProgramServer) -> type[BaseHTTPRequestHandler]:
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 self._error(400, "expected a JSON body with a user message", "invalid_request_error")
                 return
+            if server.strict_model and body.get("model") != server.model:  # as transformers serve
+                detail = {"detail": f"Server is pinned to model '{server.model}', but the request "
+                                    f"asked for '{body.get('model')}'"}
+                self._send(400, json.dumps(detail).encode())
+                return
             n, outcome = server.decide(self.headers.get("Authorization"), user)
             f = server.faults
             if f.latency_s:
@@ -207,8 +219,11 @@ def _handler(server: ProgramServer) -> type[BaseHTTPRequestHandler]:
                             {"Retry-After": f"{f.retry_after_s:g}"})
             elif outcome == "malformed":
                 self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
+            elif outcome == "garbled":
+                self._send(200, json.dumps(_completion(server.model, n, GARBLED)).encode())
             elif outcome == "empty":
-                self._send(200, json.dumps(_completion(server.model, n, "" if n % 2 else None)).encode())
+                text = ("", None, " \n\t ")[n % 3]
+                self._send(200, json.dumps(_completion(server.model, n, text)).encode())
             else:
                 if outcome == "slow":
                     time.sleep(f.slow_s)
@@ -216,6 +231,26 @@ def _handler(server: ProgramServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(_completion(server.model, n, text)).encode())
 
     return Handler
+
+
+def spawn(port: int, *flags: str, log: str | Path | None = None) -> subprocess.Popen:
+    """The server as a process of its own on ``port`` (so that it can be SIGKILLed), once it
+    serves. ``flags`` are this module's command-line options."""
+    cmd = [sys.executable, "-m", "domdistill.teachers.program_server", "--port", str(port), *flags]
+    proc = subprocess.Popen(cmd + (["--log", str(log)] if log else []), stdout=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "serving" not in line:
+        proc.kill()
+        raise RuntimeError(f"the program server did not start on port {port}: {line!r}")
+    return proc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,11 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log", default=None, help="append one JSON line per request here")
     p.add_argument("--seed", type=int, default=0, help="the program teacher's seed (data.seed)")
     p.add_argument("--model", default="teacher")
+    p.add_argument("--strict-model", action="store_true",
+                   help="answer HTTP 400 to any other model name (as transformers serve does)")
     p.add_argument("--error-rate", type=float, default=0.0)
     p.add_argument("--rate-limit-rate", type=float, default=0.0)
     p.add_argument("--slow-rate", type=float, default=0.0)
     p.add_argument("--malformed-rate", type=float, default=0.0)
     p.add_argument("--empty-rate", type=float, default=0.0)
+    p.add_argument("--garbled-rate", type=float, default=0.0)
     p.add_argument("--rate-limit-after", type=int, default=None)
     p.add_argument("--retry-after-s", type=float, default=0.05)
     p.add_argument("--slow-s", type=float, default=2.0)
@@ -238,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fault-seed", type=int, default=0)
     a = p.parse_args(argv)
     faults = Faults(a.error_rate, a.rate_limit_rate, a.slow_rate, a.malformed_rate, a.empty_rate,
-                    a.rate_limit_after, a.retry_after_s, a.slow_s, a.latency_s, a.fault_seed)
-    server = ProgramServer(a.port, faults, a.api_key, a.log, a.seed, a.model)
+                    a.garbled_rate, a.rate_limit_after, a.retry_after_s, a.slow_s, a.latency_s,
+                    a.fault_seed)
+    server = ProgramServer(a.port, faults, a.api_key, a.log, a.seed, a.model, a.strict_model)
     print(f"serving {server.base_url}", flush=True)
     try:
         server.httpd.serve_forever()

@@ -26,6 +26,7 @@ class RationaleResult:
     correct: bool = False
     cached: bool = False
     error: str | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -42,6 +43,7 @@ class SynthResult:
     agrees: bool = False
     cached: bool = False
     error: str | None = None
+    problem: str | None = None
 
 
 class Batch(list):
@@ -51,7 +53,18 @@ class Batch(list):
 
     @property
     def delivered(self) -> list[Any]:
+        """Answered and charged, usable or not."""
         return [r for r in self if r.status == DELIVERED]
+
+    @property
+    def usable(self) -> list[Any]:
+        """Delivered replies with no ``problem`` (not empty, parseable)."""
+        return [r for r in self if r.status == DELIVERED and r.problem is None]
+
+    @property
+    def failed(self) -> list[Any]:
+        """Not answered: failed calls and requests a stop kept from being sent."""
+        return [r for r in self if r.status != DELIVERED]
 
     def raise_if_stopped(self) -> None:
         if self.stopped:
@@ -68,6 +81,8 @@ class Outcome:
     data: dict[str, Any] | None = None
     cached: bool = False
     error: str | None = None
+    problem: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,43 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_s, self.base_s * 2 ** attempt))
 
 
+class OutageGate:
+    """The shared backoff of one batch. A failure that says the teacher is down or rate-limited
+    holds every sender until ``open_at``, so a server that is down sees a trickle of probes, not
+    ``concurrency`` retry loops; ``down_for()`` is how long the teacher has answered nothing."""
+
+    def __init__(self, max_outage_s: float | None = None):
+        self.max_outage_s = max_outage_s
+        self.open_at = 0.0
+        self.down_since: float | None = None
+
+    def hold(self, delay: float) -> None:
+        self.open_at = max(self.open_at, time.monotonic() + delay)
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def answered(self) -> None:
+        self.down_since = None
+
+    def wait_s(self) -> float:
+        return max(0.0, self.open_at - time.monotonic())
+
+    def down_for(self) -> float:
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
+
+    @property
+    def expired(self) -> bool:
+        return self.max_outage_s is not None and self.down_for() >= self.max_outage_s
+
+    def cap(self, delay: float) -> float:
+        """``delay``, shortened so that a sender wakes when the outage window closes."""
+        if self.max_outage_s is None or self.down_since is None or delay <= 0:
+            return delay
+        return max(0.01, min(delay, self.max_outage_s - self.down_for() + 0.01))
+
+
 class RateLimiter:
     """Token bucket: at most ``per_minute`` units per minute, bursts up to ``burst_s`` seconds' worth."""
 
