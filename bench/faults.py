@@ -9,10 +9,20 @@ ledger, a checkpoint or the state file is written. For each: distinct requests, 
 delivered, failed-and-recorded, lost (no row, or a row left in flight: must be 0), charged twice
 (must be 0) and wrong answers (a delivered answer that is not its request's: must be 0).
 
-    python bench/faults.py            # client scenarios, whole runs, disk full (~3-5 min on 2 cores)
-    python bench/faults.py --quick    # fewer requests, no whole runs
+Then the teacher-outage scenarios, each a whole ``domdistill run`` against the server as a
+process of its own on 127.0.0.1: killed mid-run and left down, killed and restarted, a closed
+port (at two budgets), a wrong model name (the server answers 400 with a ``detail`` the way
+``transformers serve`` does), a base URL without ``/v1``, timeouts shorter than the generation,
+whitespace-only replies. Per scenario: requests the server saw, delivered, failed, charged,
+possibly billed, exit status, wall time, the message; then, with the server healthy,
+``--resume`` and the same counts again. Nothing delivered may be lost, nothing refused charged,
+no scenario may exit 0 with failures unreported, and the closed port must stop in under 60 s.
 
-Last line: ``SUMMARY {json}``: one row per scenario.
+    python bench/faults.py            # everything (~6-8 min on 2 cores)
+    python bench/faults.py --quick    # fewer requests, no whole runs, outage window 5 s
+
+Last line: ``SUMMARY {json}``: one row per scenario, plus ``refused_charged``,
+``silent_failures``, ``lost``, ``double_charged`` (each must be 0) and ``closed_port_seconds``.
 """
 
 from __future__ import annotations
@@ -329,6 +339,164 @@ def whole_runs(work: Path, key: str) -> list[dict[str, Any]]:
     return out
 
 
+# ---------------------------------------------------------------------------- teacher outages
+def outage_runs(work: Path, key: str, outage_s: float | None) -> list[dict[str, Any]]:
+    """Whole runs against a server process that dies, is not there, or is misconfigured."""
+    import threading
+
+    from domdistill.teachers.program_server import free_port, spawn
+
+    env = {**os.environ, KEY_ENV: key, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+    rows = []
+
+    def run(name: str, url: str, resume: bool = False, teacher: dict | None = None,
+            method: dict | None = None):
+        raw = json.loads(json.dumps(BALDISTILL))
+        raw["teacher"].update(base_url=url, api_key_env=KEY_ENV, **(teacher or {}))
+        if outage_s is not None:
+            raw["teacher"].setdefault("max_outage_s", outage_s)
+        raw["method"].update(method or {})
+        cfg = write_config(raw, work / f"{name}.yaml")
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "domdistill.cli", "run", str(cfg), "--out",
+                               str(work / name)] + (["--resume"] if resume else []), cwd=work,
+                              env=env, capture_output=True, text=True, timeout=900)
+        return proc, time.monotonic() - start
+
+    def record(scenario: str, name: str, proc, seconds: float, requests: int) -> dict[str, Any]:
+        led = ledger_counts(work / name / "ledger.sqlite") if (work / name / "ledger.sqlite").exists() \
+            else {"rows": 0, "delivered": 0, "failed": 0, "inflight": 0, "spent": 0, "charged_rows": 0}
+        con = sqlite3.connect(work / name / "ledger.sqlite")
+        maybe = con.execute("SELECT count(*) FROM calls WHERE status='failed' AND charged").fetchone()[0]
+        refused_charged = con.execute("SELECT count(*) FROM calls WHERE charged AND billing LIKE "
+                                      "'not billed%'").fetchone()[0]
+        con.close()
+        results = work / name / "results.json"
+        warned = "warning:" in proc.stderr
+        failures = led["failed"] + maybe
+        r = {"scenario": scenario, "requests": requests, "delivered": led["delivered"],
+             "failed": led["failed"], "charged": led["charged_rows"], "possibly_billed": maybe,
+             "exit": proc.returncode, "seconds": round(seconds, 1),
+             "silent": int(proc.returncode == 0 and failures > 0 and not warned),
+             "refused_charged": refused_charged,
+             "double_charged": max(0, led["spent"] - led["charged_rows"]),
+             "finished": results.exists(),
+             "message": (proc.stderr.strip().splitlines() or [""])[-1][:150]}
+        rows.append(r)
+        return r
+
+    def serve(port: int, log: Path, *flags: str) -> subprocess.Popen:
+        return spawn(port, "--api-key", key, *flags, log=log)
+
+    def sent(log: Path) -> int:
+        return log.read_text().count("\n") if log.exists() else 0
+
+    def resume_healthy(scenario: str, name: str, port: int, log: Path, **kw) -> dict[str, Any]:
+        before = sent(log)
+        srv = serve(port, log)
+        try:
+            proc, secs = run(name, f"http://127.0.0.1:{port}/v1", resume=True, **kw)
+        finally:
+            srv.kill()
+            srv.wait()
+        r = record(f"  {scenario}: --resume, server healthy", name, proc, secs, sent(log) - before)
+        r["lost"] = clean_delivered - r["delivered"] if r["finished"] else None
+        return r
+
+    # the reference: how many distinct calls a healthy run delivers
+    port, log = free_port(), work / "clean.jsonl"
+    srv = serve(port, log)
+    proc, secs = run("outage-clean", f"http://127.0.0.1:{port}/v1")
+    srv.kill()
+    srv.wait()
+    clean_delivered = record("healthy server (reference)", "outage-clean", proc, secs, sent(log))["delivered"]
+
+    # killed after 40 requests, left down; then resumed
+    port, log = free_port(), work / "down.jsonl"
+    srv = serve(port, log, "--latency-s", "0.02")
+
+    def kill_at(n: int, then: Any = None) -> None:
+        while sent(log) < n:
+            time.sleep(0.005)
+        srv.kill()
+        if then:
+            time.sleep(0.5)
+            then()
+    t = threading.Thread(target=kill_at, args=(40,))
+    t.start()
+    proc, secs = run("down", f"http://127.0.0.1:{port}/v1")
+    t.join()
+    srv.wait()
+    record("server killed mid-run, left down", "down", proc, secs, sent(log))
+    resume_healthy("killed, left down", "down", port, log)
+
+    # killed after 40 requests, restarted 0.5 s later on the same port
+    port, log = free_port(), work / "restart.jsonl"
+    srv = serve(port, log, "--latency-s", "0.02")
+    holder: list[subprocess.Popen] = []
+    t = threading.Thread(target=kill_at, args=(40, lambda: holder.append(serve(port, log))))
+    t.start()
+    proc, secs = run("restart", f"http://127.0.0.1:{port}/v1")
+    t.join()
+    srv.wait()
+    for p in holder:
+        p.kill()
+        p.wait()
+    r = record("server killed and restarted", "restart", proc, secs, sent(log))
+    r["lost"] = clean_delivered - r["delivered"] if r["finished"] else None
+
+    # nothing listening, at a small and a large budget
+    closed = []
+    for budget, stages in ((28, 3), (840, 1)):
+        port = free_port()
+        proc, secs = run(f"closed-{budget}", f"http://127.0.0.1:{port}/v1",
+                         method={"budget": budget, "stages": stages})
+        closed.append(record(f"closed port, budget {budget}", f"closed-{budget}", proc, secs, 0))
+
+    # a wrong model name and a base URL without /v1
+    port, log = free_port(), work / "model.jsonl"
+    srv = serve(port, log, "--strict-model", "--model", "/models/teacher")
+    proc, secs = run("wrong-model", f"http://127.0.0.1:{port}/v1")
+    record("wrong model name (HTTP 400 + detail)", "wrong-model", proc, secs, sent(log))
+    proc, secs = run("wrong-path", f"http://127.0.0.1:{port}")
+    srv.kill()
+    srv.wait()
+    record("base_url without /v1 (HTTP 404)", "wrong-path", proc, secs, sent(log) - rows[-1]["requests"])
+
+    # every answer slower than the timeout; resumed with a longer timeout
+    port, log = free_port(), work / "slow.jsonl"
+    srv = serve(port, log, "--slow-rate", "1", "--slow-s", "1.0")
+    proc, secs = run("slow", f"http://127.0.0.1:{port}/v1", teacher={"timeout_s": 0.3})
+    srv.kill()
+    srv.wait()
+    record("timeout 0.3 s < generation 1 s", "slow", proc, secs, sent(log))
+    resume_healthy("timeouts", "slow", port, log, teacher={"timeout_s": 10})
+
+    # whitespace-only replies (20%): charged with their usage, not retried, reported
+    port, log = free_port(), work / "blank.jsonl"
+    srv = serve(port, log, "--empty-rate", "0.2")
+    proc, secs = run("blank", f"http://127.0.0.1:{port}/v1")
+    srv.kill()
+    srv.wait()
+    r = record("whitespace-only replies (20%)", "blank", proc, secs, sent(log))
+    r["silent"] = int(proc.returncode == 0 and "could not be used" not in " ".join(proc.stderr.split()))
+    return rows, max(c["seconds"] for c in closed)
+
+
+def print_outages(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="teacher outages, whole runs through the CLI")
+    cols = ["scenario", "requests", "delivered", "failed", "charged", "possibly_billed", "exit",
+            "seconds", "message"]
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="left" if c in ("scenario", "message") else "right")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in cols])
+    Console(width=240).print(table)
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -351,6 +519,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="folder for ledgers and run folders")
     args = ap.parse_args()
     n = 60 if args.quick else args.requests
+    outage_s = 5.0 if args.quick else None  # None: the default teacher.max_outage_s
     work = args.work or Path(tempfile.mkdtemp(prefix="domdistill-faults-"))
     work.mkdir(parents=True, exist_ok=True)
     key = f"sk-faults-{secrets.token_hex(12)}"
@@ -365,7 +534,17 @@ def main() -> None:
     for r in full:
         print(f"{r['fault']}: previous state intact = {r['previous_intact']} ({r['result']}"
               f"{'; ' + r['note'] if r.get('note') else ''})")
-    print("SUMMARY " + json.dumps({"faults": rows, "disk_full": full}))
+    outages, closed_seconds = outage_runs(work, key, outage_s)
+    print_outages(outages)
+    lost = sum(r["lost"] for r in rows if isinstance(r.get("lost"), int))
+    lost += sum(r.get("lost") or 0 for r in outages)
+    summary = {"refused_charged": sum(r["refused_charged"] for r in outages),
+               "silent_failures": sum(r["silent"] for r in outages),
+               "lost": lost,
+               "double_charged": sum(r["double_charged"] for r in rows + outages),
+               "closed_port_seconds": closed_seconds,
+               "faults": rows, "outages": outages, "disk_full": full}
+    print("SUMMARY " + json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def test_hf_teacher_batches_with_left_padding_like_one_by_one(tmp_path: Path) ->
     single = TeacherClient(tiny_teacher(1), Ledger(tmp_path / "b.sqlite"), PromptSet(system=""),
                            max_tokens=8, concurrency=1)
     a, b = batched.rationales(exs, with_answer=False), single.rationales(exs, with_answer=False)
-    assert all(r.status == "delivered" and r.text for r in a)
-    assert [r.text for r in a] == [r.text for r in b]  # greedy: padding must not change the output
+    assert all(r.status == "delivered" and (r.text or r.problem) for r in a)
+    # greedy: padding must not change the output (an untrained model may reply with blanks only)
+    assert [(r.text, r.problem) for r in a] == [(r.text, r.problem) for r in b]
     assert batched.ledger.spent()["calls"] == 4
     batched.close()
     single.close()
