@@ -298,14 +298,14 @@ def whole_runs(work: Path, key: str) -> list[dict[str, Any]]:
     assert ref.returncode == 0, ref.stderr[-2000:]
     want = json.loads((work / "run-clean" / "results.json").read_text())
 
-    with ProgramServer(faults=Faults(error_rate=0.3, malformed_rate=0.05, empty_rate=0.05, seed=7),
+    with ProgramServer(faults=Faults(error_rate=0.3, malformed_rate=0.05, seed=7),
                        api_key=key) as srv:
         got = run(srv.base_url, "run-faulty")
         attempts = srv.requests
     led = ledger_counts(work / "run-faulty" / "ledger.sqlite")
     same = got.returncode == 0 and json.loads((work / "run-faulty" / "results.json").read_text()
                                               )["metrics"] == want["metrics"]
-    out.append(row("run: 30% 500 + 5% malformed + 5% empty", "-", led["rows"], attempts, led, 0,
+    out.append(row("run: 30% 500 + 5% malformed", "-", led["rows"], attempts, led, 0,
                    "same metrics as the clean run" if same else f"DIFFERENT (exit {got.returncode})"))
 
     with ProgramServer(faults=Faults(rate_limit_after=40), api_key=key) as srv:
