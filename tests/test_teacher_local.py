@@ -11,7 +11,7 @@ from domdistill.models.tiny import build_tiny_model, train_tokenizer
 from domdistill.teachers import Ledger, PromptSet, TeacherClient
 from domdistill.teachers.hf_local import HFTeacher
 from domdistill.teachers.prompts import parse_synthesis
-from domdistill.teachers.retry import redact
+from domdistill.redact import redact, remember
 
 TEXTS = ["Add 3 and 4.", "Which is larger: 7 or 12?", "Reverse the word apple.",
          "How many letters are in banana?", "The answer is: 7"] * 20
@@ -53,5 +53,8 @@ def test_parse_synthesis_and_redaction() -> None:
              "Reasoning: first this, then that.\nThe answer is: B.")
     assert parse_synthesis(reply) == ("A new question?", "first this, then that.", "B")
     assert parse_synthesis("no format at all") == (None, None, None)
-    key = "sk-abcdefghijklmnopqrstuvwxyz"
-    assert key[:12] not in redact(f"bad key {key[:12]}... and {key}", [key])
+    key = "local-secret-0123456789abcdef"  # not key-shaped: found only because it is remembered
+    remember(key, "$TEST_KEY")
+    shown = redact(f"bad key {key[:12]}... and {key}; sk-{'x' * 20} too")
+    assert key[:12] not in shown and key not in shown and "sk-x" not in shown
+    assert shown == "bad key $TEST_KEY... and $TEST_KEY; [redacted key] too"

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from domdistill.errors import ConfigError
+from domdistill.redact import ENV_NAME, cut, looks_like_key, remember_expansion
 
 METHODS = (
     "zero_shot_cot", "random_ft", "random_ft_cot", "duplicate_ft_cot", "balance_ft_cot",
@@ -31,7 +33,7 @@ TaskType = Literal["classification", "multiple_choice", "math", "qa", "builtin"]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class FieldMap(Section):
@@ -59,7 +61,7 @@ class DataConfig(Section):
     val_fraction: float = Field(0.0, ge=0, lt=1)
     zipf_alpha: float | None = Field(None, gt=0, description="Resample the pool long-tailed with this exponent")
     max_test_per_domain: int | None = Field(None, gt=0)
-    builtin_size: int = Field(2000, gt=0, description="Pool size of the built-in task")
+    builtin_size: int = Field(2000, gt=0, le=10**7, description="Pool size of the built-in task")
     seed: int = 0
 
 
@@ -69,9 +71,10 @@ class TeacherConfig(Section):
     kind: Literal["program", "openai", "hf", "recorded"] = "program"
     model: str = Field("program", description="Model name (API), HF id or path (hf), or a label")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding "
+                                                           "the key (the name, never the key)")
     recorded_paths: list[str] = Field(default_factory=list, description="Recorded-teacher JSONL(.gz) files")
-    concurrency: int = Field(16, gt=0)
+    concurrency: int = Field(16, gt=0, le=4096)
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
     timeout_s: float = Field(120.0, gt=0)
@@ -83,13 +86,13 @@ class TeacherConfig(Section):
         0.1, ge=0, le=1, description="Stop the run (resumable, exit 2) when more than this share "
                                      "of a stage's teacher requests failed")
     temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(512, gt=0)
+    max_tokens: int = Field(512, gt=0, le=10**7)
     price_per_1k_input: float = Field(0.0, ge=0, description="Cost estimate, currency per 1k prompt tokens")
     price_per_1k_output: float = Field(0.0, ge=0)
     shared_cache: str | None = Field(None, description="Ledger file shared across runs as a cache")
     retry_base_s: float = Field(1.0, gt=0, description="First backoff step (jittered, doubles per retry)")
     retry_max_s: float = Field(60.0, gt=0, description="Longest backoff wait (Retry-After is honoured)")
-    budget_tokens: int | None = Field(None, gt=0, description="Hard token budget on top of method.budget calls")
+    budget_tokens: int | None = Field(None, gt=0, le=10**15, description="Hard token budget on top of method.budget calls")
     budget_money: float | None = Field(None, gt=0, description="Hard money budget (needs the prices)")
     recorded_match: Literal["exact", "r52"] = Field("exact", description="How recorded inputs are matched")
     batch_size: int = Field(8, gt=0, description="Prompts per generate() call (hf teacher)")
@@ -99,6 +102,15 @@ class TeacherConfig(Section):
     rationale_prompt_with_answer: str | None = Field(None, description="Same with the gold {answer} shown")
     synthesis_prompt: str | None = Field(None, description="Tail synthesis template: {instruction} {domain} "
                                                            "{k} {exemplars} {number}")
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _names_a_variable(cls, value: Any) -> Any:
+        if isinstance(value, str) and not ENV_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "env_name", "expected the name of an environment variable (letters, digits and _, "
+                "e.g. OPENAI_API_KEY), not the key itself; the value is not shown")
+        return value
 
 
 class StudentConfig(Section):
@@ -122,8 +134,8 @@ class MethodConfig(Section):
 
     name: MethodName = "baldistill_a"
     # BalDistill
-    budget: int = Field(400, gt=0, description="Total teacher calls B")
-    stages: int = Field(5, gt=0, description="Number of stages K")
+    budget: int = Field(400, gt=0, le=10**9, description="Total teacher calls B")
+    stages: int = Field(5, gt=0, le=10_000, description="Number of stages K")
     adaptive_indexing: Literal["paper", "code"] = "paper"
     selection: Literal["ifd", "random", "entropy"] = "ifd"
     score_max_new_tokens: int = Field(200, gt=0, description="Tokens the student writes when scored")
@@ -236,29 +248,100 @@ class RunConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    # where the loaded file wrote ${VAR}: location -> the text as written (saved instead of values)
+    _templates: dict[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
 
     def redacted(self) -> dict[str, Any]:
-        """The config as a plain dict, safe to write: it holds env-variable names, never secrets."""
-        return self.model_dump(mode="json")
+        """The config as a plain dict, safe to write: ``${VAR}`` references as the file wrote
+        them (never their values), variable names rather than keys."""
+        data = self.model_dump(mode="json")
+        for loc, raw in self._templates.items():
+            node: Any = data
+            for part in loc[:-1]:
+                node = node[part] if isinstance(node, (dict, list)) else None
+            if isinstance(node, dict) and loc[-1] in node or \
+                    isinstance(node, list) and isinstance(loc[-1], int) and loc[-1] < len(node):
+                node[loc[-1]] = raw
+        return data
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+Loc = tuple[str | int, ...]
 
 
-def expand_env(value: Any, path: str = "") -> Any:
-    """Replace ``${VAR}`` in every string of a nested structure; unset variables are errors."""
+def dotted(loc: Loc) -> str:
+    """``("teacher", "recorded_paths", 0)`` -> ``teacher.recorded_paths[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def expand_env(value: Any, loc: Loc = (), templates: dict[Loc, str] | None = None) -> Any:
+    """Replace ``${VAR}`` in every string of a nested structure; unset variables are errors.
+    Secret-looking values are hidden in messages from then on; ``templates`` collects where
+    each reference was written. A value that is one reference and holds a number becomes it."""
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, (*loc, k), templates) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str):
-        def sub(m: re.Match[str]) -> str:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"environment variable ${{{name}}} is not set", field=path)
-            return os.environ[name]
-        return _ENV.sub(sub, value)
-    return value
+        return [expand_env(v, (*loc, i), templates) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"environment variable ${{{name}}} is not set", field=dotted(loc))
+        remember_expansion(name, os.environ[name])
+        return os.environ[name]
+
+    out = _ENV.sub(sub, value)
+    if templates is not None and out != value:
+        templates[loc] = value
+    if _ENV.fullmatch(value) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", out.strip()):
+        number = float(out)
+        return int(number) if number.is_integer() and re.fullmatch(r"[-+]?\d+", out.strip()) else number
+    return out
+
+
+def _annotation_allows_bool(annotation: Any) -> bool:
+    from typing import get_args
+
+    return annotation is bool or any(_annotation_allows_bool(a) for a in get_args(annotation))
+
+
+def _expected(annotation: Any) -> str:
+    from typing import get_args
+
+    kinds = {annotation, *get_args(annotation)}
+    return "a number" if kinds & {int, float} else "a string" if str in kinds else "another type"
+
+
+def check_raw(raw: Any, model: type[BaseModel] | None = RunConfig, loc: Loc = ()) -> None:
+    """What pydantic would let through in silence: a key written in place of a reference, a
+    ``${VAR}`` where a variable *name* belongs, a boolean where a number belongs."""
+    if isinstance(raw, str) and looks_like_key(raw):
+        raise ConfigError("this value looks like an API key; keep keys out of config files: put "
+                          "it in an environment variable and name the variable in "
+                          "teacher.api_key_env (or write ${VAR}); the value is not shown",
+                          field=dotted(loc))
+    if isinstance(raw, list):
+        for i, v in enumerate(raw):
+            check_raw(v, None, (*loc, i))
+    if not isinstance(raw, dict):
+        return
+    for key, value in raw.items():
+        info = model.model_fields.get(key) if model is not None and isinstance(key, str) else None
+        sub = info.annotation if info is not None else None
+        here = (*loc, key)
+        if info is not None and isinstance(value, bool) and not _annotation_allows_bool(sub):
+            raise ConfigError(f"expected {_expected(sub)}, got the boolean {str(value).lower()}",
+                              field=dotted(here))
+        if here == ("teacher", "api_key_env") and isinstance(value, str) and "${" in value:
+            raise ConfigError("holds the *name* of the variable with the key, not a ${...} "
+                              "reference to it: write api_key_env: OPENAI_API_KEY",
+                              field=dotted(here))
+        check_raw(value, sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None, here)
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -272,62 +355,116 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str | None) -> ConfigError:
-    """Turn pydantic's error into one message naming each dotted path and what is allowed."""
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str | None,
+                            templates: dict[Loc, str] | None = None) -> ConfigError:
+    """Turn pydantic's error into one message naming each dotted path and what is allowed.
+    Values are cut short and redacted; one that came from ``${VAR}`` is shown as written."""
     lines = []
     first_field = None
     for e in err.errors():
         loc = tuple(e["loc"])
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        first_field = first_field or dotted
+        name = dotted(loc) or "(top level)"
+        first_field = first_field or name
         if e["type"] == "extra_forbidden":
             owner = _model_at(model, loc[:-1])
             allowed = ", ".join(owner.model_fields) if owner else "?"
-            lines.append(f"unknown key '{dotted}' (allowed keys here: {allowed})")
+            lines.append(f"unknown key '{cut(name, 60)}' (allowed keys here: {allowed})")
+        elif e["type"] == "env_name":
+            lines.append(f"'{name}': {e['msg']}")
         else:
-            lines.append(f"'{dotted}': {e['msg']} (got {e.get('input')!r})")
-    return ConfigError("invalid configuration:\n  " + "\n  ".join(lines), path=source,
+            shown = (templates or {}).get(loc) or cut(repr(e.get("input")))
+            lines.append(f"'{name}': {e['msg']} (got {shown})")
+    return ConfigError("invalid configuration: " + "; ".join(lines), path=source,
                        field=first_field)
 
 
 def config_from_dict(raw: dict[str, Any], source: str | None = None) -> RunConfig:
-    """Validate a plain dict (after env expansion) into a RunConfig."""
+    """Validate a plain dict into a RunConfig (``${VAR}`` expanded, the references kept)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", path=source)
+    templates: dict[Loc, str] = {}
     try:
-        return RunConfig.model_validate(expand_env(raw))
+        check_raw(raw)
+        cfg = RunConfig.model_validate(expand_env(raw, templates=templates))
     except ConfigError as err:
         if source is None or err.path is not None:
             raise
         raise ConfigError(err.reason, path=source, field=err.field) from None
     except ValidationError as err:
-        raise format_validation_error(err, RunConfig, source) from None
+        raise format_validation_error(err, RunConfig, source, templates) from None
+    cfg._templates = templates
+    return cfg
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs as ``{dotted key: value}`` (values parsed as YAML scalars)."""
+    from domdistill.safe_yaml import YamlLimitError, load_yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or any(not p.strip() for p in key.split(".")):
+            raise ConfigError(f"--set expects section.key=value (e.g. --set method.budget=800), "
+                              f"got {cut(pair, 60)!r}")
+        try:
+            out[key.strip()] = load_yaml(value)
+        except (yaml.YAMLError, YamlLimitError) as err:
+            raise ConfigError(f"--set {cut(key, 60)}: the value is not valid YAML "
+                              f"({str(err).splitlines()[0][:80]})") from None
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set each dotted key of ``overrides`` inside ``raw`` (sections created where missing)."""
+    for key, value in overrides.items():
+        node = raw
+        *parents, leaf = [p.strip() for p in key.split(".")]
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {cut(key, 60)}: '{'.'.join(parents[:i + 1])}' is a value "
+                                  f"({type(node).__name__}), not a section with keys",
+                                  field=".".join(parents[:i + 1]))
+        node[leaf] = value
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML run config; ``overrides`` are dotted keys (``method.budget``) applied on top."""
+    raw = read_config_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", path=path)
+    apply_overrides(raw, overrides or {})
+    return config_from_dict(raw, source=str(path))
+
+
+def read_config_yaml(path: str | Path) -> Any:
+    """The YAML document at ``path`` as plain data (no ``${VAR}`` expanded), or a ConfigError
+    naming the file and line: missing, not UTF-8, bad syntax, over the size/alias/depth limits."""
+    from domdistill.safe_yaml import YamlLimitError, load_yaml
+
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("config file does not exist", path=p)
+        raise ConfigError("config file does not exist" if not p.exists() else
+                          "expected a config file, found a folder", path=p)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"not UTF-8 text ({err.reason} at byte {err.start})", path=p) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the file ({err.strerror})", path=p) from None
+    try:
+        raw = load_yaml(text)
+    except YamlLimitError as err:
+        raise ConfigError(str(err), path=p, line=err.line) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {getattr(err, 'problem', err)}", path=p,
+        raise ConfigError(f"invalid YAML: {getattr(err, 'problem', None) or err}", path=p,
                           line=mark.line + 1 if mark else None) from None
-    for key, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return config_from_dict(raw, source=str(p))
+    return {} if raw is None else raw
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the (secret-free) config as YAML."""
     from domdistill.io import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(config.redacted(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config.redacted(), sort_keys=False, allow_unicode=True))

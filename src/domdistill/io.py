@@ -20,6 +20,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON document at ``path`` (None when there is no such file). A file that cannot be
+    read or parsed is a RunFolderError naming it and ``what`` it holds."""
+    from domdistill.errors import RunFolderError
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+        raise RunFolderError(f"{path}: cannot read {what} ({reason}); the file is damaged. "
+                             "Restore it from a backup, or start over with --overwrite") from None
+
+
+def check_writable(path: str | Path, what: str = "output") -> None:
+    """Raise an InputError (naming ``path``) unless a file can be written there: checked before
+    the work that produces it, not after."""
+    from domdistill.errors import InputError
+
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise InputError(f"the {what} path is a folder; give a file name", path=path)
+    parent = next(p for p in path.parents if p.exists())
+    if not parent.is_dir():
+        raise InputError(f"cannot write the {what} here: {parent} is a file, not a folder", path=path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the {what} here: {parent} is not writable", path=path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sqlite3
 import sys
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from domdistill.errors import DomDistillError
+from domdistill.redact import redact
 
 app = typer.Typer(
     name="domdistill",
@@ -36,23 +39,46 @@ def _register() -> None:
 _register()
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler (click would turn a KeyboardInterrupt into a plain
+    "Aborted!" with exit 1)."""
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
 def main() -> None:
-    """Console entry point: project errors print one clear message and exit 2."""
+    """Console entry point: every failure a user can cause prints one ``error:`` line (no
+    traceback) and exits 2; Ctrl-C exits 130."""
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except DomDistillError as e:
-        err_console.print("[bold red]error:[/]", end=" ")
-        err_console.print(str(e), highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
-    except (OSError, sqlite3.OperationalError, RuntimeError) as e:
-        if not _disk_full(e):
-            raise
-        err_console.print("[bold red]error:[/]", end=" ")
-        err_console.print(f"could not write to disk ({e}): the disk is full or a file size limit "
-                          "was reached. Every file keeps its last complete version; free space "
-                          "and run the same command with --resume.", highlight=False, markup=False,
-                          soft_wrap=True)
-        sys.exit(2)
+        fail(str(e))
+    except (Interrupted, KeyboardInterrupt):
+        fail("interrupted; files keep their last complete version (a run continues with "
+             "--resume)", code=130)
+    except (OSError, sqlite3.Error, RuntimeError) as e:
+        if _disk_full(e):
+            fail(f"could not write to disk ({e}): the disk is full or a file size limit was "
+                 "reached. Every file keeps its last complete version; free space and run the "
+                 "same command with --resume.")
+        if isinstance(e, OSError):
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
+        if isinstance(e, sqlite3.Error):
+            fail(f"a ledger file cannot be used ({e})")
+        raise
+    except RecursionError:
+        fail("the input is nested too deeply to read")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: MESSAGE`` (secrets redacted, never wrapped) on stderr and exit."""
+    err_console.print("[bold red]error:[/]", end=" ")
+    err_console.print(redact(message), highlight=False, markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def _disk_full(e: BaseException) -> bool:

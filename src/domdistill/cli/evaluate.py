@@ -69,6 +69,11 @@ def eval_command(
 
     if task not in INSTRUCTIONS:
         raise InputError(f"unknown task {task!r} (expected one of {', '.join(INSTRUCTIONS)})", field="--task")
+    from domdistill.io import check_writable
+
+    check_writable(out, "results")
+    if predictions is not None:
+        check_writable(predictions, "predictions")
     start = time.perf_counter()
     if data == "builtin":
         from domdistill.data.builtin import builtin_test_set
@@ -83,6 +88,13 @@ def eval_command(
     label_set = _csv(labels)
     if task == "classification" and label_set is None:
         label_set = sorted({ex.answer for ex in dataset})
+    elif task == "classification":
+        missing = sorted({ex.answer for ex in dataset} - set(label_set))
+        if missing:
+            raise InputError(f"{len(missing)} label(s) of the test data are not in --labels: "
+                             f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; "
+                             "add them (or leave --labels out to use the data's labels)",
+                             path=data, field="--labels")
     student, tokenizer = load_model_and_tokenizer(model, dtype=dtype, for_generation=True)
     cfg = EvaluationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, bootstrap=bootstrap,
                            perplexity=not no_perplexity, max_per_domain=max_per_domain, seed=seed)

@@ -12,20 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from domdistill.cli import app
-from domdistill.config import RunConfig, load_config
+from domdistill.config import RunConfig, load_config, parse_overrides
 from domdistill.evaluation.results import calls_summary
+from domdistill.redact import redact
 
 console = Console()
-
-
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise typer.BadParameter(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 @app.command()
@@ -39,7 +30,7 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the plan or results as JSON"),
 ) -> None:
     """Run a method (BalDistill, DDK or a baseline) as the config says."""
-    cfg = load_config(config, _overrides(set_))
+    cfg = load_config(config, parse_overrides(set_))
     if dry_run:
         show_plan(cfg, as_json)
         return
@@ -63,8 +54,9 @@ def print_warnings(results: dict[str, Any], folder: Any) -> None:
     from domdistill.cli import err_console
 
     for w in results.get("warnings", []):
-        err_console.print(f"[bold yellow]warning:[/] {w}; see `domdistill ledger {folder}`",
-                          highlight=False)
+        err_console.print("[bold yellow]warning:[/]", end=" ")
+        err_console.print(f"{redact(w)}; see `domdistill ledger {folder}`", highlight=False,
+                          markup=False, soft_wrap=True)
 
 
 def show_plan(cfg: RunConfig, as_json: bool = False) -> None:

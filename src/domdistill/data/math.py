@@ -12,14 +12,13 @@ they load with an empty answer, so that the tree loads whole with its published 
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from domdistill.data.example import DomainDataset, DomainExample
-from domdistill.data.reading import Collector, get_text
+from domdistill.data.reading import Collector, get_text, loads_json
 from domdistill.errors import InputError
 from domdistill.evaluation.answers import last_boxed
 
@@ -69,12 +68,11 @@ def _sort_key(ex: DomainExample) -> tuple[str, str, int, str]:
 def _example(raw: bytes, key: tuple[str, str, str], where: str) -> DomainExample:
     split, subject, file = key
     try:
-        record = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputError(f"not valid UTF-8 text ({err.reason}) at byte offset {err.start}",
                          path=where) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"malformed JSON ({err.msg})", path=where, line=err.lineno) from None
+    record = loads_json(text, path=where)
     if not isinstance(record, dict):
         raise InputError("expected a JSON object", path=where)
     kw = dict(path=where, line=1)

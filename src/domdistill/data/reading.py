@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +18,7 @@ from domdistill.data.example import DomainDataset, DomainExample
 from domdistill.errors import InputError
 
 MAX_LINE_BYTES = 16 * 2**20  # longer lines are an error, not a memory spike
+_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Co", "Cn"}  # control, format (zero-width), separators
 _SUFFIXES = (".gz", ".jsonl", ".json", ".csv", ".tsv", ".txt", ".tar", ".tgz", ".parquet", ".arrow")
 
 
@@ -71,16 +73,43 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             raise InputError(f"cannot read file: {err}", path=path) from None
 
 
+class StrictJSONError(ValueError):
+    """JSON that Python's parser accepts but the standard does not (NaN, a repeated key)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not a JSON value (write a number or a string)")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise StrictJSONError(f"key {key[:60]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def loads_json(text: str, *, path: Path | str, line: int | None = None) -> Any:
+    """Parse one JSON document as the standard defines it: ``NaN``/``Infinity`` and repeated
+    keys are errors, and so is nesting too deep to walk; every error names file and line."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed JSON ({err.msg} at column {err.colno})", path=path,
+                         line=line if line is not None else err.lineno) from None
+    except StrictJSONError as err:
+        raise InputError(str(err), path=path, line=line) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply to read", path=path, line=line) from None
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank JSON Lines record."""
     for number, text in iter_lines(path):
         if not text.strip():
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"malformed JSON ({err.msg} at column {err.colno})",
-                             path=path, line=number) from None
+        record = loads_json(text, path=path, line=number)
         if not isinstance(record, dict):
             raise InputError(f"expected a JSON object per line, got {type(record).__name__}",
                              path=path, line=number)
@@ -134,9 +163,11 @@ class Collector:
         self.label_set = None if label_set is None else list(label_set)
         self._allowed = None if label_set is None else set(self.label_set)
         self._seen: dict[str, int] = {}
+        self._forms: dict[str, tuple[str, int]] = {}  # NFC name -> (as first written, where)
         self.examples: list[DomainExample] = []
 
     def add(self, example: DomainExample, line: int, answer_field: str = "answer") -> None:
+        self._check_domain(example.domain, line)
         first = self._seen.get(example.id)
         if first is not None:
             raise InputError(f"duplicate id {example.id!r} (first seen at {self.unit} {first})",
@@ -147,6 +178,23 @@ class Collector:
                              path=self.path, line=line, field=answer_field)
         self._seen[example.id] = line
         self.examples.append(example)
+
+    def _check_domain(self, name: str, line: int) -> None:
+        """Domain names that print alike must be the same text: no invisible characters, and
+        one Unicode form per name (``Café`` composed and decomposed are refused together)."""
+        hidden = next((c for c in name if unicodedata.category(c) in _INVISIBLE), None)
+        if hidden is not None:
+            raise InputError(f"domain name {name[:60]!r} holds an invisible character "
+                             f"(U+{ord(hidden):04X} {unicodedata.name(hidden, 'control')}); "
+                             "remove it", path=self.path, line=line, field="domain")
+        key = unicodedata.normalize("NFC", name)
+        spelled, first = self._forms.setdefault(key, (name, line))
+        if spelled != name:
+            raise InputError(f"domain {name!r} is the same name as {spelled!r} ({self.unit} "
+                             f"{first}) written in another Unicode form (NFC/NFD); they print "
+                             "alike but would be two domains: write both the same way (e.g. "
+                             "normalise the file to NFC)", path=self.path, line=line,
+                             field="domain")
 
     def dataset(self, name: str, what: str = "examples") -> DomainDataset:
         if not self.examples:

@@ -389,9 +389,14 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out / PLOTS_DIR) as tmp:
         tmp.chmod(0o755)  # a report is for reading
-        figures = draw_figures(runs, tmp)
-        doc = build_document(runs, figures, out)
-        page, text = doc.html("domdistill report"), doc.markdown()
+        try:
+            figures = draw_figures(runs, tmp)
+            doc = build_document(runs, figures, out)
+            page, text = doc.html("domdistill report"), doc.markdown()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            files = ", ".join(str(r.path / "results.json") for r in runs)
+            raise InputError(f"cannot build the report ({type(err).__name__}: {str(err)[:80]}): "
+                             f"a value in {files} is not what a run writes") from None
     atomic_write_text(out / "report.html", page)
     atomic_write_text(out / "report.md", text)
     return out / "report.md"

@@ -87,10 +87,38 @@ def read_results(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"not valid JSON: {e.msg}", path=p, line=e.lineno) from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise InputError(f"not a results file ({type(e).__name__})", path=p) from None
+    _expect(data, dict, p, "(top level)")
     for key in ("method", "metrics", "wall_seconds"):
         if key not in data:
             raise InputError("missing required key", path=p, field=key)
+    _expect(data["method"], str, p, "method")
+    _expect(data["wall_seconds"], (int, float), p, "wall_seconds")
+    _expect(data["metrics"], dict, p, "metrics")
     for key in REQUIRED_METRIC_BLOCKS:
         if key not in data["metrics"]:
             raise InputError("missing required key", path=p, field=f"metrics.{key}")
+        _expect(data["metrics"][key], dict, p, f"metrics.{key}")
+    blocks = {f"metrics.{k}": data["metrics"][k] for k in REQUIRED_METRIC_BLOCKS if k != "per_domain"}
+    for domain, block in data["metrics"]["per_domain"].items():
+        blocks[f"metrics.per_domain.{domain}"] = _expect(block, dict, p, f"metrics.per_domain.{domain}")
+    for where, block in blocks.items():
+        for name, value in block.items():
+            _expect(value, (int, float, list, type(None)), p, f"{where}.{name}")
+    for key, kind in (("budget", (dict, type(None))), ("history", list), ("dataset", dict),
+                      ("head_domains", list), ("tail_domains", list), ("warnings", list)):
+        if key in data:
+            _expect(data[key], kind, p, key)
     return data
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], path: Path, field: str) -> Any:
+    """``value`` if it has the type the results contract gives ``field``, else an InputError."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        names = " or ".join({dict: "an object", list: "a list", str: "a string", int: "a number",
+                             float: "a number", type(None): "null"}[k] for k in kinds)
+        raise InputError(f"expected {names}, got {type(value).__name__} {str(value)[:40]!r}",
+                         path=path, field=field)
+    return value

@@ -17,7 +17,6 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
     """Run the method ``cfg.method.name`` into a run folder; returns ``results.json``'s content."""
     from domdistill import distributed as dist
     from domdistill.methods.task import load_task
-    from domdistill.runs import RunDir, prepare_run_dir
 
     if cfg.training.cpu_threads:
         import torch
@@ -25,11 +24,14 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
         torch.set_num_threads(cfg.training.cpu_threads)
     task = load_task(cfg.data)  # bad data fails here, before any folder is touched
     check_models(cfg)
+    uses_ledger = False
     if cfg.method.name in BALDISTILL_FAMILY:
         from domdistill.methods.baldistill import RECIPES
         from domdistill.teachers import check_teacher
 
-        if RECIPES[cfg.method.name].rationale and RECIPES[cfg.method.name].train:
+        recipe = RECIPES[cfg.method.name]
+        uses_ledger = recipe.rationale and recipe.train
+        if uses_ledger:
             check_teacher(cfg.teacher)
     if dist.launched() and cfg.method.name not in DDK_FAMILY:
         from domdistill.errors import ConfigError
@@ -38,25 +40,71 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
                           "fine-tuning); launch it without accelerate launch / torchrun",
                           field="method.name")
 
-    def prepare() -> RunDir:
-        run_dir = prepare_run_dir(out or cfg.output.dir, resume=resume,
-                                  overwrite=cfg.output.overwrite if overwrite is None else overwrite)
+    run_dir = dist.on_main(lambda: take_run_dir(cfg, task, out, overwrite, resume, uses_ledger))
+    try:
+        if cfg.method.name in BALDISTILL_FAMILY:
+            from domdistill.methods.baldistill import BalDistillRun
+
+            return BalDistillRun(cfg, run_dir, task, progress=progress).run()
+        from domdistill.methods.ddk import run_ddk
+
+        return run_ddk(cfg, run_dir, task, progress=progress)
+    finally:
+        run_dir.release()
+
+
+def take_run_dir(cfg: RunConfig, task: Any, out: str | Path | None, overwrite: bool | None,
+                 resume: bool, uses_ledger: bool) -> Any:
+    """The run folder, locked for this process: a new one (its ledger and ``run.json`` created),
+    or a checked resume. ``config.yaml`` is written only once every check has passed."""
+    from domdistill.resume import check_resume, record_resume, start_manifest
+    from domdistill.runs import open_run_dir
+    from domdistill.teachers.ledger import Ledger
+
+    changes: dict[str, Any] = {}
+
+    def check(run_dir: Any) -> None:
+        changes.update(check_resume(run_dir, cfg, task, uses_ledger))
+        if cfg.method.name in BALDISTILL_FAMILY:  # the saved state must be one this method reads
+            from domdistill.methods.baldistill import State
+
+            State.load(run_dir.state)
+
+    run_dir = open_run_dir(out or cfg.output.dir, resume=resume, check=check,
+                           overwrite=cfg.output.overwrite if overwrite is None else overwrite)
+    try:
+        ledger_id = None
+        if uses_ledger:
+            with Ledger(run_dir.ledger) as ledger:
+                ledger_id = ledger.ledger_id
         save_config(cfg, run_dir.config)
-        return run_dir
+        if resume:
+            record_resume(run_dir, cfg, task, changes, ledger_id)
+        else:
+            start_manifest(run_dir, cfg, task, ledger_id)
+    except BaseException:
+        run_dir.release()
+        raise
+    return run_dir
 
-    run_dir = dist.on_main(prepare)  # several processes: the main one prepares the folder
-    if cfg.method.name in BALDISTILL_FAMILY:
-        from domdistill.methods.baldistill import BalDistillRun
 
-        return BalDistillRun(cfg, run_dir, task, progress=progress).run()
-    from domdistill.methods.ddk import run_ddk
+def check_model_path(name: str, field: str) -> None:
+    """A model that is named by a local path must be there (hub ids are checked when loaded)."""
+    from domdistill.errors import ConfigError
+    from domdistill.models.loading import is_tiny_preset
 
-    return run_ddk(cfg, run_dir, task, progress=progress)
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if not is_tiny_preset(name) and looks_local and not Path(name).expanduser().exists():
+        raise ConfigError(f"model folder {str(Path(name).expanduser().resolve())!r} does not exist",
+                          field=field)
 
 
 def check_models(cfg: RunConfig) -> None:
-    """Before a run folder exists: a logit-KD teacher (and a student that is no tiny preset) can
-    be found, and their tokenizers and vocabularies are compatible."""
+    """Before a run folder exists: the student (and a local HF teacher) can be found; a
+    logit-KD teacher and student have compatible tokenizers and vocabularies."""
+    check_model_path(cfg.student.model, "student.model")
+    if cfg.teacher.kind == "hf":
+        check_model_path(cfg.teacher.model, "teacher.model")
     if cfg.method.name not in DDK_FAMILY or cfg.method.name == "cpt" or cfg.method.gamma <= 0 \
             or cfg.teacher.kind != "hf":
         return
@@ -67,9 +115,6 @@ def check_models(cfg: RunConfig) -> None:
     def describe(name: str, field: str):
         from transformers import AutoConfig, AutoTokenizer
 
-        looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-        if looks_local and not Path(name).expanduser().exists():
-            raise ConfigError(f"model folder {name!r} does not exist", field=field)
         try:
             return AutoTokenizer.from_pretrained(name), AutoConfig.from_pretrained(name)
         except (OSError, ValueError) as err:

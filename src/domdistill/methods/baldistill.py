@@ -20,7 +20,7 @@ from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.data.quotas import Policy, StagePlan, plan_stage, stage_budgets
 from domdistill.errors import TeacherError
-from domdistill.io import atomic_write_json
+from domdistill.io import atomic_write_json, read_json
 from domdistill.methods.task import Task
 from domdistill.runs import RunDir
 
@@ -60,14 +60,21 @@ class State:
     stages: list[dict[str, Any]] = field(default_factory=list)  # plan, selections, spend, metrics
     synthesized: dict[str, int] = field(default_factory=dict)  # synthesis requests per domain
     elapsed: float = 0.0  # wall seconds of the stages finished, over every invocation
+    ledger: dict[str, Any] = field(default_factory=dict)  # ledger id and counts at the last save
 
     @classmethod
     def load(cls, path: Path) -> "State | None":
-        import json
+        from domdistill.errors import RunFolderError
 
-        if not path.is_file():
+        raw = read_json(path, "the run's state")
+        if raw is None:
             return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls(**raw)
+        except TypeError:
+            raise RunFolderError(f"{path}: not a state file of this method (fields: "
+                                 f"{', '.join(list(raw)[:8]) if isinstance(raw, dict) else type(raw).__name__}); "
+                                 "restore it, or start over with --overwrite") from None
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, self.__dict__)
@@ -174,6 +181,10 @@ class BalDistillRun:
                 if stage > state.stage:
                     self._run_stage(stage, budget, len(budgets), state, annotator)
                     state.elapsed = earlier + time.time() - start
+                    if annotator is not None:  # lets a resume notice a replaced ledger
+                        from domdistill.teachers.ledger import ledger_identity
+
+                        state.ledger = ledger_identity(self.dir.ledger)
                     state.save(self.state_path)
                     tracker.log_stage(stage, state.stages[-1])
         finally:

@@ -58,6 +58,15 @@ def load_task(cfg: DataConfig) -> Task:
         test = load_dataset(cfg.test_path, format=cfg.test_format, fields=cfg.fields,
                             split="test" if cfg.split == "train" else cfg.split,
                             label_set=cfg.label_set)
+        unseen = sorted(set(test.domains) - set(pool.domains))
+        if unseen:
+            counts = test.counts()
+            shown = ", ".join(f"{d} ({counts[d]})" for d in unseen[:10])
+            raise ConfigError(f"{len(unseen)} test domain(s) have no training examples: {shown}"
+                              f"{' ...' if len(unseen) > 10 else ''}. Per-domain results "
+                              "need every test domain in the pool: drop them from the test set "
+                              "or add training data for them", path=cfg.test_path,
+                              field="domain")
     else:
         single = sorted(d for d, n in pool.counts().items() if n < 2)
         if single:

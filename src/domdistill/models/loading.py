@@ -79,10 +79,11 @@ def load_model_and_tokenizer(name_or_path: str | Path, dtype: str | torch.dtype 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype), **model_kwargs)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - damaged files raise many kinds (safetensors, json, ...)
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
         raise ConfigError(f"cannot load model {name!r}: expected a local folder saved with "
-                          f"save_pretrained or a reachable HF hub id ({str(err).splitlines()[0]})",
-                          field="model") from None
+                          f"save_pretrained or a reachable HF hub id; a damaged file? "
+                          f"({type(err).__name__}: {first})", field="model") from None
     prepare_tokenizer(tokenizer, for_generation, source=name)
     _sync_generation_ids(model, tokenizer)
     return model, tokenizer

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from domdistill.config import TeacherConfig
 from domdistill.data.example import DomainExample
+from domdistill.redact import remember
 from domdistill.teachers.base import CallError, Teacher, TeacherRequest, TeacherResponse
 from domdistill.teachers.client import TeacherClient
 from domdistill.teachers.results import (
@@ -51,12 +52,14 @@ def make_teacher(cfg: TeacherConfig, real: Iterable[DomainExample] | None = None
 
 def check_teacher(cfg: TeacherConfig) -> None:
     """What can be checked before a run folder exists or a call is made: the API key variable
-    is set, the recorded-teacher files are there."""
+    is set, the recorded-teacher files are there, the shared cache is a ledger."""
     import os
 
     from domdistill.errors import ConfigError
 
-    if cfg.kind == "openai" and not os.environ.get(cfg.api_key_env):
+    if cfg.kind == "openai" and os.environ.get(cfg.api_key_env):
+        remember(os.environ[cfg.api_key_env], f"${cfg.api_key_env}")  # hidden in every message
+    elif cfg.kind == "openai":
         raise ConfigError(f"environment variable ${cfg.api_key_env} holding the API key is not "
                           "set (for a local server that needs no key, set it to any value)",
                           field="teacher.api_key_env")
@@ -65,6 +68,21 @@ def check_teacher(cfg: TeacherConfig) -> None:
             if not Path(p).is_file():
                 raise ConfigError(f"{Path(p).resolve()}: recorded-teacher file does not exist",
                                   field=f"teacher.recorded_paths[{i}]")
+    if cfg.shared_cache:
+        from domdistill.errors import RunFolderError
+        from domdistill.teachers.ledger import ledger_identity
+
+        cache = Path(cfg.shared_cache).expanduser().resolve()
+        if cache.exists() and not (cache.is_file() and cache.stat().st_size == 0):
+            try:
+                ledger_identity(cache)
+            except RunFolderError as err:
+                raise ConfigError(f"{err}; the shared cache must be a domdistill ledger file "
+                                  "(or a path where one can be created)",
+                                  field="teacher.shared_cache") from None
+        elif not cache.exists() and not next((p for p in cache.parents if p.exists())).is_dir():
+            raise ConfigError(f"{cache}: cannot create the shared cache there (a parent is a file)",
+                              field="teacher.shared_cache")
 
 
 def prompts_from_config(cfg: TeacherConfig, task: str, labels: list[str] | None = None) -> PromptSet:

@@ -31,8 +31,10 @@ synthetic example: the example, then an independent rationale that the answer fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from domdistill.data.example import DomainExample
@@ -48,6 +50,15 @@ from domdistill.teachers.retry import OutageGate, RateLimiter, RetryPolicy
 
 SYSTEMATIC_STOP_AFTER = 3  # identical rejections (wrong model, path, parameters) that end a batch
 EMPTY_REPLY = "empty reply (whitespace only)"
+
+@dataclass
+class _Attempts:
+    """How far one request got: attempts made, why it may be billed, usage of blank draws."""
+
+    count: int = 0
+    billed: str | None = None
+    used: tuple[int, int] = (0, 0)
+
 
 class TeacherClient:
     """Calls ``teacher`` for batches of requests, recording every call in ``ledger``."""
@@ -211,7 +222,14 @@ class TeacherClient:
 
     # ------------------------------------------------------------------ the call path
     def _run(self, coro: Any) -> Any:
-        return self._loop.run_until_complete(coro)
+        task = self._loop.create_task(coro)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:  # Ctrl-C lands outside the coroutine: cancel it and let it unwind
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(task)
+            raise
 
     async def _call_all(self, items: list[tuple[TeacherRequest, Tags]]) -> list[Outcome]:
         tid = self.teacher.teacher_id
@@ -237,10 +255,13 @@ class TeacherClient:
         try:
             await asyncio.gather(*tasks)
             await asyncio.gather(*self._writes)
-        except BaseException:  # e.g. the ledger cannot write (disk full): stop the other tasks
-            for t in tasks + self._writes:  # before raising, so none is left running on a closed loop
+        except BaseException:  # Ctrl-C, or the ledger cannot write (disk full): stop the other
+            for t in tasks:  # tasks before raising, so none is left running on a closed loop
                 t.cancel()
-            await asyncio.gather(*tasks, *self._writes, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            while not ready.empty():  # reserved, never handed to a sender: give the charge back
+                self._release_unsent(ready.get_nowait() or [], "interrupted before it was sent")
+            await asyncio.gather(*self._writes, return_exceptions=True)  # replies that arrived
             raise
         return [outcomes[k] for k in keys]
 
@@ -274,10 +295,16 @@ class TeacherClient:
                 reserved = [[self.ledger.reserve(key, tags, self._request_record(req),
                                                  self._estimate(req), self.teacher.teacher_id)
                              for key, (req, tags) in chunk] for chunk in group]
-            for chunk, reservations in zip(group, reserved):
-                send = self._sort_reservations(chunk, reservations, outcomes)
-                if send:
-                    await ready.put(send)
+            sends = [self._sort_reservations(chunk, reservations, outcomes)
+                     for chunk, reservations in zip(group, reserved)]
+            for j, send in enumerate(sends):
+                try:
+                    if send:
+                        await ready.put(send)
+                except asyncio.CancelledError:  # interrupted: the rest of the window is unsent
+                    for rest in sends[j:]:
+                        self._release_unsent(rest, "interrupted before it was sent")
+                    raise
         for _ in range(senders):
             await ready.put(None)
 
@@ -306,6 +333,13 @@ class TeacherClient:
             else:
                 await self._send(send, outcomes)
 
+    def _release_unsent(self, items: list[Reserved], why: str) -> None:
+        """Dead letters for reserved requests that were never sent; their charge is given back."""
+        for r in items:
+            self.ledger.fail(r.key, f"{r.request.describe()}: {why}", release=r.new, tags=r.tags,
+                             request=self._request_record(r.request),
+                             billing=f"not billed: {why}")
+
     def _record_unsent(self, items: list[Reserved], outcomes: dict[str, Outcome]) -> None:
         """Requests a stop kept from being sent: budget_exhausted (no row), or failed dead
         letters that give back the charge their reservation just made."""
@@ -325,19 +359,43 @@ class TeacherClient:
             await self._rpm.acquire(len(reqs))
         if self._tpm:
             await self._tpm.acquire(sum(self._estimate(r) for r in reqs))
-        start, attempts, billed, used = time.monotonic(), 0, None, (0, 0)
+        start, track = time.monotonic(), _Attempts()
+        try:
+            responses = await self._attempt_until_done(send, outcomes, track)
+        except asyncio.CancelledError:  # Ctrl-C: charged only if an attempt can have been billed
+            self._fail(send, f"interrupted (after {track.count} attempt(s))", track.count,
+                       release=track.billed is None, outcomes=outcomes,
+                       billing=track.billed or "not billed: interrupted before it was sent")
+            raise
+        if responses is None:
+            return
+        if track.used != (0, 0):  # usage of the empty draws before this one: billed too
+            responses[0].prompt_tokens += track.used[0]
+            responses[0].completion_tokens += track.used[1]
+        latency = (time.monotonic() - start) / len(reqs)
+        self._unwritten += [(r, resp, latency, track.count) for r, resp in zip(send, responses)]
+        if len(self._unwritten) == len(send):  # the first unwritten reply schedules the commit
+            self._writes.append(asyncio.ensure_future(self._record_delivered(outcomes)))
+
+    async def _attempt_until_done(self, send: list[Reserved], outcomes: dict[str, Outcome],
+                                  track: "_Attempts") -> list[TeacherResponse] | None:
+        """Send with retries; the replies, or None once the failure is recorded."""
+        reqs = [r.request for r in send]
         last: CallError | None = None
         while True:
             await self._sleep(self._gate.cap(self._gate.wait_s()))  # the batch waits out an outage together
             if self._stop and not self._budget_stop:  # stopped while this request waited
-                why = f"{last} (after {attempts} attempt(s))" if last else "not sent"
-                self._fail(send, f"{why}; the batch stopped ({self._stop})", attempts,
-                           release=billed is None, outcomes=outcomes,
-                           billing=billed or (last.billing if last else "not billed: not sent"))
-                return
-            attempts += 1
+                why = f"{last} (after {track.count} attempt(s))" if last else "not sent"
+                self._fail(send, f"{why}; the batch stopped ({self._stop})", track.count,
+                           release=track.billed is None, outcomes=outcomes,
+                           billing=track.billed or (last.billing if last else "not billed: not sent"))
+                return None
+            track.count += 1
             try:
                 responses = await self.teacher.complete(reqs)
+            except asyncio.CancelledError:  # interrupted with the request on its way: unknown
+                track.billed = track.billed or "possibly billed: interrupted while in flight"
+                raise
             except CallError as e:
                 last = e
             except TeacherError as e:  # e.g. a recorded teacher with no record: never invent one
@@ -347,29 +405,24 @@ class TeacherClient:
                                  billing=f"possibly billed: the back-end raised {type(e).__name__}")
             else:
                 self._gate.answered()
-                if self._retry_empty(responses, attempts):  # sampling: another draw may differ
-                    used = (used[0] + responses[0].prompt_tokens, used[1] + responses[0].completion_tokens)
+                if self._retry_empty(responses, track.count):  # sampling: another draw may differ
+                    track.used = (track.used[0] + responses[0].prompt_tokens,
+                                  track.used[1] + responses[0].completion_tokens)
                     continue
-                break
-            if last.maybe_billed and billed is None:
-                billed = last.billing or "possibly billed"
-            self._note_failure(last, attempts)
-            out_of_retries = attempts > self.retry.max_retries
+                return responses
+            if last.maybe_billed and track.billed is None:
+                track.billed = last.billing or "possibly billed"
+            self._note_failure(last, track.count)
+            out_of_retries = track.count > self.retry.max_retries
             if not last.retryable or out_of_retries or self._stop:
-                self._fail(send, f"{last} (after {attempts} attempt(s))", attempts,
-                           release=billed is None, outcomes=outcomes, billing=billed or last.billing)
-                return
-            delay = self.retry.delay(attempts - 1, last.retry_after)
+                self._fail(send, f"{last} (after {track.count} attempt(s))", track.count,
+                           release=track.billed is None, outcomes=outcomes,
+                           billing=track.billed or last.billing)
+                return None
+            delay = self.retry.delay(track.count - 1, last.retry_after)
             if last.outage or last.rate_limited:
                 self._gate.hold(delay)
             await self._sleep(self._gate.cap(delay))
-        if used != (0, 0):  # usage of the empty draws before this one: billed too
-            responses[0].prompt_tokens += used[0]
-            responses[0].completion_tokens += used[1]
-        latency = (time.monotonic() - start) / len(reqs)
-        self._unwritten += [(r, resp, latency, attempts) for r, resp in zip(send, responses)]
-        if len(self._unwritten) == len(send):  # the first unwritten reply schedules the commit
-            self._writes.append(asyncio.ensure_future(self._record_delivered(outcomes)))
 
     def _retry_empty(self, responses: list[TeacherResponse], attempts: int) -> bool:
         """Whether to ask again after an empty reply: only when sampling (temperature > 0), one

@@ -30,12 +30,15 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
+from urllib.parse import quote
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from domdistill.errors import RunFolderError
+from domdistill.redact import redact
 
 LEDGER_NAME = "ledger.sqlite"
 
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS spend (
   money REAL NOT NULL);
 INSERT OR IGNORE INTO spend VALUES (1, 0, 0, 0.0);
 CREATE TABLE IF NOT EXISTS limits (name TEXT PRIMARY KEY, value REAL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 """
 _ADDED_COLUMNS = {"billing": "TEXT", "problem": "TEXT"}  # columns newer than the first schema
 
@@ -125,12 +129,45 @@ def migrate(con: sqlite3.Connection) -> None:
     for name, kind in _ADDED_COLUMNS.items():
         if name not in have:
             con.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
+    # an identity, so a run folder can tell its own ledger from a copy of another run's
+    con.execute("INSERT OR IGNORE INTO meta VALUES ('ledger_id', ?)", (uuid.uuid4().hex,))
+
+
+def ledger_identity(path: str | Path) -> dict[str, Any]:
+    """``{"id", "charged", "rows"}`` of the ledger file at ``path``, read without changing it.
+    Raises RunFolderError saying what is wrong: missing, empty, not SQLite, not a ledger."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: the ledger is missing" if not path.exists() else
+                             f"{path}: expected the ledger file, found a folder")
+    if path.stat().st_size == 0:
+        raise RunFolderError(f"{path}: the ledger is empty (0 bytes)")
+    try:
+        con = connect(path, readonly=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"calls", "spend"} <= tables:
+                raise RunFolderError(f"{path}: not a domdistill ledger (an SQLite file without "
+                                     "the calls and spend tables)")
+            row = con.execute("SELECT value FROM meta WHERE name='ledger_id'").fetchone() \
+                if "meta" in tables else None
+            charged = con.execute("SELECT count(*) FROM calls WHERE charged=1").fetchone()[0]
+            rows = con.execute("SELECT count(*) FROM calls").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        raise RunFolderError(f"{path}: the ledger cannot be read ({err}): damaged, or not an "
+                             "SQLite file") from None
+    return {"id": row[0] if row else None, "charged": charged, "rows": rows}
 
 
 def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode with a generous busy timeout (many writers may share the file)."""
     if readonly:
-        con = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=60,
+        # with no -wal file every row is in the main file: read it as immutable, so that reading
+        # creates no -wal/-shm files beside it (a read-only connection could not remove them)
+        quiet = "&immutable=1" if not Path(f"{path}-wal").exists() else ""
+        con = sqlite3.connect(f"file:{quote(str(Path(path).absolute()))}?mode=ro{quiet}", uri=True, timeout=60,
                               check_same_thread=False)
     else:
         con = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
@@ -164,6 +201,12 @@ class Ledger:
         self._depth = 0
         with self.transaction():
             self._set_limits()
+
+    @property
+    def ledger_id(self) -> str:
+        """This ledger's identity (a random id written when the file was created)."""
+        with self._lock:
+            return self._con.execute("SELECT value FROM meta WHERE name='ledger_id'").fetchone()[0]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -352,7 +395,7 @@ class Ledger:
         billed any attempt); ``billing`` says why it is charged or not."""
         blob = json.dumps(request, ensure_ascii=False, default=str) if request is not None else None
         with self.transaction():
-            self._fail(key, error, attempts, release, tags, blob, billing)
+            self._fail(key, redact(error), attempts, release, tags, blob, billing)
 
     def set_problem(self, key: str, problem: str) -> None:
         """Note why a delivered reply could not be used (it stays delivered and charged)."""

@@ -14,8 +14,8 @@ from typing import Any
 import openai
 
 from domdistill.errors import ConfigError
+from domdistill.redact import redact, remember
 from domdistill.teachers.base import CallError, TeacherRequest, TeacherResponse
-from domdistill.teachers.retry import redact
 
 _STOP_CODES = {"insufficient_quota", "invalid_api_key", "billing_hard_limit_reached"}
 # transport errors raised before the request was fully sent: the server cannot have billed it
@@ -48,6 +48,7 @@ class OpenAITeacher:
         self.teacher_id = f"openai:{model}"
         self.api_key_env, self.timeout_s = api_key_env, timeout_s
         self._secret = key
+        remember(key, f"${api_key_env}")
         self._client = openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0,
                                           timeout=timeout_s)
 
@@ -59,8 +60,10 @@ class OpenAITeacher:
 
     @property
     def endpoint(self) -> str:
-        """The URL requests go to, for messages."""
-        return f"{str(self._client.base_url).rstrip('/')}/chat/completions"
+        """The URL requests go to, for messages (no user, password or query string)."""
+        url = self._client.base_url
+        port = f":{url.port}" if url.port else ""
+        return f"{url.scheme}://{url.host}{port}{url.path.rstrip('/')}/chat/completions"
 
     async def _one(self, req: TeacherRequest) -> TeacherResponse:
         params: dict[str, Any] = {k: v for k, v in req.sampling.items() if k != "seed"}
@@ -94,8 +97,9 @@ class OpenAITeacher:
                                completion_tokens=usage.completion_tokens if usage else 0,
                                logprobs=logprobs)
 
-    def _clean(self, text: str) -> str:
-        return redact(text, [self._secret])
+    @staticmethod
+    def _clean(text: str) -> str:
+        return redact(text)
 
     def _classify_transport(self, e: openai.APIConnectionError) -> CallError:
         """Connection errors and timeouts, by whether the request can have reached the server."""

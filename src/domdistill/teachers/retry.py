@@ -83,15 +83,3 @@ class RateLimiter:
                     self.level -= amount
                     return
                 await asyncio.sleep((amount - self.level) / self.rate)
-
-
-def redact(text: str, secrets: list[str | None]) -> str:
-    """``text`` with every secret (and any 8+ character piece of it that a server echoed) removed."""
-    for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, "[REDACTED]")
-        if len(secret) >= 16:  # servers often echo a prefix or suffix of a rejected key
-            for piece in (secret[:12], secret[-8:]):
-                text = text.replace(piece, "[REDACTED]")
-    return text
