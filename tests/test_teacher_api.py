@@ -212,4 +212,4 @@ def test_api_key_never_reaches_files_logs_output_or_errors(tmp_path: Path, capfd
             assert not any(piece in t for t in texts)
             for p in files:
                 assert piece.encode() not in p.read_bytes(), p
-    assert "[REDACTED]" in "".join(texts)  # the server echoed the rejected key; it was removed
+    assert f"${KEY_ENV}" in "".join(texts)  # the server echoed the rejected key: its variable instead

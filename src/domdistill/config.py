@@ -138,7 +138,7 @@ class MethodConfig(Section):
     stages: int = Field(5, gt=0, le=10_000, description="Number of stages K")
     adaptive_indexing: Literal["paper", "code"] = "paper"
     selection: Literal["ifd", "random", "entropy"] = "ifd"
-    score_max_new_tokens: int = Field(200, gt=0, description="Tokens the student writes when scored")
+    score_max_new_tokens: int = Field(200, gt=0, le=1_000_000, description="Tokens the student writes when scored")
     score_candidates: int | None = Field(
         None, gt=0, description="Score at most this many random candidates per head domain "
                                 "(default: the whole remaining pool)")
@@ -196,12 +196,12 @@ class MethodConfig(Section):
 class TrainingConfig(Section):
     """Fine-tuning hyperparameters (passed to the HF training stack)."""
 
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, le=1_000_000)
     max_steps: int | None = Field(None, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, le=1_000_000)
     grad_accum: int = Field(1, gt=0)
-    max_seq_len: int = Field(256, gt=0)
+    max_seq_len: int = Field(256, gt=0, le=10_000_000)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     max_grad_norm: float = Field(0.3, gt=0)
@@ -218,9 +218,9 @@ class TrainingConfig(Section):
 class EvaluationConfig(Section):
     """How students are judged per domain."""
 
-    max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(32, gt=0)
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none)")
+    max_new_tokens: int = Field(128, gt=0, le=1_000_000)
+    batch_size: int = Field(32, gt=0, le=1_000_000)
+    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for confidence intervals (0: none)")
     perplexity: bool = True
     ci_level: float = Field(0.95, gt=0, lt=1, description="Coverage of the bootstrap confidence intervals")
     max_per_domain: int | None = Field(None, gt=0, description="Evaluate at most N examples per domain")

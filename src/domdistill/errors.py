@@ -15,6 +15,8 @@ class InputError(DomDistillError):
     def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
                  field: str | None = None):
         self.path = str(path) if path is not None else None
+        if self.path is not None and len(self.path) > 300:  # a path that long is not a path
+            self.path = f"{self.path[:120]}... ({len(self.path):,} characters)"
         self.line = line
         self.field = field
         self.reason = message

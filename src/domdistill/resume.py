@@ -72,11 +72,15 @@ def _show(value: Any) -> str:
 def check_resume(run_dir: RunDir, cfg: RunConfig, task: Any, uses_ledger: bool) -> dict[str, Any]:
     """Refuse a resume that would not continue the same run; returns the accepted changes.
     Reads only: nothing in the folder changes here."""
+    manifest = read_manifest(run_dir)
+    state = read_json(run_dir.state, "the run's state") or {}
+    if not run_dir.config.exists() and (manifest or state):
+        raise RunFolderError(f"{run_dir.config}: missing, so nothing says which run this folder "
+                             "holds; put it back (a copy of the config the run was started with "
+                             "will do), or start over with --overwrite")
     saved = read_config_yaml(run_dir.config) if run_dir.config.exists() else {}
     if not isinstance(saved, dict):
         raise RunFolderError(f"{run_dir.config}: damaged (not a mapping); restore it or start over")
-    manifest = read_manifest(run_dir)
-    state = read_json(run_dir.state, "the run's state") or {}
     finished = run_dir.results.exists()
     changes = config_changes(saved, cfg)
     allowed = RESULT_FREE_AFTER_FINISH if finished else RESUMABLE

@@ -103,6 +103,10 @@ def check_models(cfg: RunConfig) -> None:
     """Before a run folder exists: the student (and a local HF teacher) can be found; a
     logit-KD teacher and student have compatible tokenizers and vocabularies."""
     check_model_path(cfg.student.model, "student.model")
+    if cfg.student.load_in_4bit:
+        from domdistill.models.loading import check_qlora
+
+        check_qlora()
     if cfg.teacher.kind == "hf":
         check_model_path(cfg.teacher.model, "teacher.model")
     if cfg.method.name not in DDK_FAMILY or cfg.method.name == "cpt" or cfg.method.gamma <= 0 \

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.data.templates import StudentTemplate
 from domdistill.io import atomic_write_json
-from domdistill.methods.task import Task
-from domdistill.runs import RunDir
 from domdistill.training import domain_weights as dw
 
 ADAPTIVE = ("ddk", "ddk_wo_fs")

@@ -95,7 +95,7 @@ def tiny_cache_path(cache_dir: str | Path, preset: str, vocab_size: int, seed: i
     return Path(cache_dir) / f"{preset}-v{vocab_size}-s{seed}-{texts_fingerprint(texts)}"
 
 
-def _check_qlora() -> None:
+def check_qlora() -> None:
     if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("QLoRA (load_in_4bit) needs a CUDA GPU and the bitsandbytes package "
                           f"(CUDA available: {torch.cuda.is_available()}, bitsandbytes installed: "
@@ -122,7 +122,7 @@ def load_student(cfg: StudentConfig, texts: Iterable[str] | None = None,
     ``cache_dir`` it is saved there once and reused. Other names load as hub ids or folders.
     """
     if cfg.load_in_4bit:
-        _check_qlora()
+        check_qlora()
     model_kwargs: dict[str, Any] = {}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
