@@ -44,6 +44,17 @@ DATA_CASES: dict[str, tuple[dict, str, bool]] = {
     "huge_line.jsonl.gz": ({}, "huge_line.jsonl.gz:2: line is longer than 16 MiB", True),
     "one_example_domain.jsonl": ({"test_path": None}, "one_example_domain.jsonl, field 'domain': "
                                  "domain(s) with a single example: weather", False),
+    "nan_answer.jsonl": ({}, "nan_answer.jsonl:2: NaN is not a JSON value", True),
+    "infinity_answer.jsonl": ({}, "infinity_answer.jsonl:3: Infinity is not a JSON value", True),
+    "duplicate_key.jsonl": ({}, "duplicate_key.jsonl:2: key 'domain' appears twice in one object", True),
+    "invisible_domain.jsonl": ({}, "invisible_domain.jsonl:3, field 'domain': domain name "
+                               "'spo\\u200brts' holds an invisible character (U+200B ZERO WIDTH SPACE)", True),
+    "unicode_forms.jsonl": ({}, "unicode_forms.jsonl:3, field 'domain': domain 'cafe\u0301' is the "
+                            "same name as 'caf\u00e9' (line 1) written in another Unicode form", True),
+    "deep_nesting.jsonl": ({}, "deep_nesting.jsonl:2: JSON nested too deeply to read", True),
+    "test_domains_not_in_pool.jsonl": ({"path": str(BAD / "one_example_domain.jsonl")},
+                                       "test_domains_not_in_pool.jsonl, field 'domain': 1 test "
+                                       "domain(s) have no training examples: finance (2)", False),
 }
 
 # config file -> message (the file's own name is part of every message but the ones naming data)
@@ -64,6 +75,13 @@ CONFIG_CASES: dict[str, str] = {
                                      "label set (earn, acq)",
     "config_vocab_mismatch.yaml": "field 'tokenizer': teacher and student tokenizers differ: "
                                   "first differing token id",
+    "config_alias_bomb.yaml": "config_alias_bomb.yaml:7: the document expands to more than "
+                              "100,000 values (aliases written out)",
+    "config_duplicate_key.yaml": "config_duplicate_key.yaml:4: key 'budget' appears twice in one "
+                                 "mapping (first at line 3)",
+    "config_bool_budget.yaml": "field 'method.budget': expected a number, got the boolean true",
+    "config_huge_budget.yaml": "'method.budget': Input should be less than or equal to 1000000000",
+    "config_key_in_field.yaml": "field 'teacher.api_key_env': this value looks like an API key",
 }
 # these messages name the file that is wrong instead of the config: the data, the models
 NAMED = {"config_label_outside_set.yaml": str(BAD / "labels.txt"),
@@ -102,7 +120,7 @@ def existing_run(tmp_path: Path) -> Path:
 def test_every_file_of_the_corpus_has_a_case() -> None:
     files = {p.name for p in BAD.iterdir()}
     assert files == set(DATA_CASES) | set(CONFIG_CASES), files ^ (set(DATA_CASES) | set(CONFIG_CASES))
-    assert len(files) == 34
+    assert len(files) == 46
 
 
 @pytest.mark.parametrize("name", sorted(DATA_CASES))
@@ -167,8 +185,9 @@ def test_the_installed_command_prints_one_clean_line(tmp_path) -> None:
     """The real console script: no traceback, exit 2, nothing written."""
     exe = Path(sys.executable).with_name("domdistill")
     for args in (["run", str(BAD / "config_unknown_key.yaml"), "--out", str(tmp_path / "out")],
+                 ["run", str(BAD / "config_alias_bomb.yaml"), "--out", str(tmp_path / "out")],
                  ["data", "stats", str(BAD / "huge_line.jsonl.gz")]):
-        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
+        proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "COLUMNS": "400"})
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("error: ") and proc.stdout == ""
