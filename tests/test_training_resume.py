@@ -157,3 +157,23 @@ def test_lora_adapter_killed_and_resumed_matches_uninterrupted(tmp_path):
     assert w_got.keys() == w_want.keys() and any("lora_A" in k for k in w_want)
     for k in w_want:
         torch.testing.assert_close(w_got[k], w_want[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "model.safetensors"])
+def test_a_checkpoint_damaged_in_place_is_named_not_a_traceback(name, tmp_path, reference):
+    """Same size, other bytes (the manifest cannot see it): resuming names the checkpoint."""
+    from domdistill.config import TrainingConfig
+    from domdistill.errors import RunFolderError
+    from domdistill.training.sft import train_sft
+
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(reference / "checkpoints", ckpts)
+    latest = ck.latest_checkpoint(ckpts)
+    damaged = latest / name
+    damaged.write_bytes(bytes(i % 251 for i in range(damaged.stat().st_size)))
+    assert ck.is_complete(latest)
+    model, tok = load_model_and_tokenizer(reference / "final", dtype="float32")
+    with pytest.raises(RunFolderError, match="the checkpoint cannot be read") as err:
+        train_sft(model, tok, [("question", "answer")] * 8, TrainingConfig(max_steps=60, save_steps=50),
+                  ckpts, resume=True, progress=False)
+    assert str(latest) in str(err.value) and "Delete that folder" in str(err.value)

@@ -219,7 +219,8 @@ class DDKRun:
             trainer.remove_callback(PrinterCallback)
             hf_logging.disable_progress_bar()
         try:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            with ck.loading_checkpoint(checkpoint, trainer):
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         finally:
             if bars:
                 hf_logging.enable_progress_bar()

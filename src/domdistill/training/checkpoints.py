@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
 
 from domdistill.io import atomic_write_json, fsync_dir
 
@@ -102,11 +108,43 @@ def save_method_state(folder: Path, state: dict[str, Any]) -> None:
 
 
 def read_method_state(checkpoint: str | Path | None) -> dict[str, Any] | None:
-    """The method state stored in a checkpoint, or None."""
+    """The method state stored in a checkpoint, or None (damaged: RunFolderError naming it)."""
     if checkpoint is None:
         return None
-    p = Path(checkpoint) / METHOD_STATE
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    from domdistill.io import read_json
+
+    return read_json(Path(checkpoint) / METHOD_STATE, "the checkpoint's method state")
+
+
+_DAMAGED = (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, json.JSONDecodeError,
+            UnicodeDecodeError, SafetensorError)
+_DAMAGED_WORDS = ("PytorchStreamReader", "zip archive", "unpickl", "invalid load key", "header")
+
+
+@contextmanager
+def loading_checkpoint(checkpoint: str | Path | None, trainer: Any) -> Iterator[None]:
+    """Around ``trainer.train(resume_from_checkpoint=checkpoint)``: a file of the checkpoint
+    that cannot be read (same size, other bytes) becomes a RunFolderError naming the checkpoint
+    instead of a traceback. Errors after the first resumed step pass through unchanged."""
+    step = trainer.state.global_step
+    try:
+        yield
+    except (*_DAMAGED, RuntimeError) as err:
+        damaged = isinstance(err, _DAMAGED) or any(w in str(err) for w in _DAMAGED_WORDS)
+        if checkpoint is None or trainer.state.global_step > max(step, _step_of(checkpoint)) \
+                or not damaged:
+            raise
+        from domdistill.errors import RunFolderError
+
+        raise RunFolderError(f"{checkpoint}: the checkpoint cannot be read ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:120] if str(err) else ''}); it is damaged. "
+                             "Delete that folder and resume again: the run continues from the "
+                             "previous checkpoint (or the start of the stage)") from None
+
+
+def _step_of(checkpoint: str | Path) -> int:
+    m = _NAME.match(Path(checkpoint).name)
+    return int(m.group(1)) if m else 0
 
 
 def resume_point(folder: str | Path) -> tuple[Path | None, dict[str, Any] | None]:

@@ -197,7 +197,8 @@ def train_sft(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], cfg: Tra
     if not show_progress(progress):
         hf_logging.disable_progress_bar()
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with ck.loading_checkpoint(resume_from, trainer):
+            trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
