@@ -378,3 +378,28 @@ def test_accelerate_configs_load() -> None:
     kinds = {f.stem: load_config_from_file(str(f)).distributed_type.value
              for f in sorted((REPO / "examples" / "accelerate").glob("*.yaml"))}
     assert kinds == {"fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+
+
+def test_report_takes_a_folder_of_runs_and_the_shells_glob_over_it(tmp_path: Path, r52_runs) -> None:
+    """``domdistill report runs/demo`` and ``domdistill report runs/demo/*``: the runs inside are
+    reported, a report file and an unfinished run are skipped with a note."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    for run in r52_runs[:2]:
+        shutil.copytree(run, runs / run.name)
+    (runs / "report.html").write_text("<html>an earlier report</html>")
+    (runs / "unfinished").mkdir()
+    (runs / "unfinished" / "config.yaml").write_text("method: {name: kd}\n")
+    for args in ([str(runs)], sorted(str(p) for p in runs.iterdir())):
+        done = subprocess.run([sys.executable, "-m", "domdistill.cli", "report", *args, "--out",
+                               str(tmp_path / "rep")], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        notes = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+        skipped = {"unfinished"} if len(args) == 1 else {"unfinished", "report.html"}
+        assert {Path(n.split(":")[1].strip()).name for n in notes} == skipped, done.stderr
+        text = (tmp_path / "rep" / "report.md").read_text()
+        assert "baldistill_a" in text and "random_ft_cot" in text
+    empty = subprocess.run([sys.executable, "-m", "domdistill.cli", "report", str(runs / "unfinished")],
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "no finished run among" in empty.stderr

@@ -369,6 +369,33 @@ def draw_figures(runs: Sequence[Run], folder: Path) -> list[tuple[Path, str, str
     return out
 
 
+def collect_runs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The run folders among ``paths`` (a run folder, its ``results.json``, or a folder of runs
+    such as ``runs/demo``), in order, and a note for each path skipped as not a run (a report
+    file, an unfinished run). A path that does not exist is an error; so is finding no run."""
+    found: list[Path] = []
+    notes: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file() and p.name == "results.json":
+            p = p.parent
+        if (p / "results.json").is_file():
+            found.append(p)
+        elif not p.exists():
+            raise InputError("run folder does not exist", path=p)
+        elif p.is_dir() and (inner := sorted(c for c in p.iterdir() if (c / "results.json").is_file())):
+            found += inner
+            notes += [f"{c}: skipped, not a finished run (no results.json)" for c in sorted(p.iterdir())
+                      if c.is_dir() and c.name != PLOTS_DIR and c not in inner]
+        else:
+            notes.append(f"{p}: skipped, not a finished run (no results.json)")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise InputError("no finished run among " + ", ".join(str(p) for p in paths)[:300]
+                         + " (a run folder holds results.json)")
+    return unique, notes
+
+
 def default_out(run_dirs: Sequence[Path]) -> Path:
     """The single run folder, or the runs' common parent."""
     paths = [p.resolve() for p in run_dirs]
