@@ -32,7 +32,7 @@ BASE = {
     "output": {"tracking": []},
 }
 HOSTILE = [True, False, None, -1, 0, 10**30, 1e308, float("nan"), float("inf"), "", "x",
-           "${DOMDISTILL_SURELY_UNSET}", "sk-" + "a" * 24, "\u200b", "a" * 5000, [], [1, "b"], {},
+           "${DOMDISTILL_SURELY_UNSET}", "sk-" + "a1" * 12, "\u200b", "a" * 5000, [], [1, "b"], {},
            {"a": {"b": 1}}, "../../etc/passwd", "builtin"]
 FIELDS = [(section, name) for section, info in RunConfig.model_fields.items()
           for name in info.annotation.model_fields] + [("method", "budgett"), ("nosuch", "x")]

@@ -55,6 +55,8 @@ def test_parse_synthesis_and_redaction() -> None:
     assert parse_synthesis("no format at all") == (None, None, None)
     key = "local-secret-0123456789abcdef"  # not key-shaped: found only because it is remembered
     remember(key, "$TEST_KEY")
-    shown = redact(f"bad key {key[:12]}... and {key}; sk-{'x' * 20} too")
+    shown = redact(f"bad key {key[:12]}... and {key}; sk-{'x1' * 12} too; sk-learn-examples, "
+                   f"/data/sk-learn-experiments-2024/a.jsonl")
     assert key[:12] not in shown and key not in shown and "sk-x" not in shown
-    assert shown == "bad key $TEST_KEY... and $TEST_KEY; [redacted key] too"
+    assert shown == ("bad key $TEST_KEY... and $TEST_KEY; [redacted key] too; sk-learn-examples, "
+                     "/data/sk-learn-experiments-2024/a.jsonl")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 # Shapes of provider keys and tokens (OpenAI, Anthropic, Hugging Face, Groq, xAI, Google, GitHub)
-KEY_LIKE = re.compile(r"(?:sk-|sk_|hf_|gsk_|xai-|AIza|ghp_|github_pat_)[A-Za-z0-9_\-]{16,}")
+KEY_LIKE = re.compile(r"(?<![A-Za-z0-9_\-/.\\])(?:sk-|sk_|hf_|gsk_|xai-|AIza|ghp_|github_pat_)"
+                      r"[A-Za-z0-9_\-]{20,}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MIN_SECRET_CHARS = 6  # shorter values are not hidden in messages
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|AUTH|CREDENTIAL|PRIVATE", re.IGNORECASE)
@@ -36,8 +37,15 @@ def remember_expansion(name: str, value: str) -> None:
         remember(value, f"${{{name}}}")
 
 
+def _is_key(word: str) -> bool:
+    """A key-shaped word looks random: letters and at least four digits (a file or folder
+    name such as ``sk-learn-experiments`` is not taken for a key; inside a path it is not
+    matched at all)."""
+    return any(c.isalpha() for c in word) and sum(c.isdigit() for c in word) >= 4
+
+
 def looks_like_key(text: str) -> bool:
-    return bool(KEY_LIKE.search(text))
+    return any(_is_key(m.group(0)) for m in KEY_LIKE.finditer(text))
 
 
 def redact(text: str) -> str:
@@ -46,7 +54,7 @@ def redact(text: str) -> str:
     for value in sorted(_known, key=len, reverse=True):
         if value in text:
             text = text.replace(value, _known[value])
-    return KEY_LIKE.sub("[redacted key]", text)
+    return KEY_LIKE.sub(lambda m: "[redacted key]" if _is_key(m.group(0)) else m.group(0), text)
 
 
 def cut(text: str, limit: int = 80) -> str:
