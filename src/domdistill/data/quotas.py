@@ -35,7 +35,8 @@ def largest_remainder(weights: Mapping[str, float], total: int) -> dict[str, int
         return {k: 0 for k in keys}
     if mass <= 0:
         weights, mass = {k: 1.0 for k in keys}, float(len(keys))
-    exact = {k: total * max(weights[k], 0.0) / mass for k in keys}
+    # rounded so that float noise (435.4000000001 vs 435.3999999999) cannot decide a tie
+    exact = {k: round(total * max(weights[k], 0.0) / mass, 9) for k in keys}
     out = {k: math.floor(exact[k]) for k in keys}
     left = total - sum(out.values())
     order = sorted(range(len(keys)), key=lambda j: (-(exact[keys[j]] - out[keys[j]]), j))
