@@ -91,10 +91,9 @@ def take_run_dir(cfg: RunConfig, task: Any, out: str | Path | None, overwrite: b
 def check_model_path(name: str, field: str) -> None:
     """A model that is named by a local path must be there (hub ids are checked when loaded)."""
     from domdistill.errors import ConfigError
-    from domdistill.models.loading import is_tiny_preset
+    from domdistill.models.loading import is_tiny_preset, names_a_path
 
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-    if not is_tiny_preset(name) and looks_local and not Path(name).expanduser().exists():
+    if not is_tiny_preset(name) and names_a_path(name) and not Path(name).expanduser().exists():
         raise ConfigError(f"model folder {str(Path(name).expanduser().resolve())!r} does not exist",
                           field=field)
 

@@ -64,6 +64,11 @@ def _sync_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         gen.eos_token_id = tokenizer.eos_token_id
 
 
+def names_a_path(name: str) -> bool:
+    """Whether a model name is a local path (else an HF hub id such as ``org/model``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+
+
 def load_model_and_tokenizer(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
                              for_generation: bool = False, **model_kwargs: Any
                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -73,8 +78,7 @@ def load_model_and_tokenizer(name_or_path: str | Path, dtype: str | torch.dtype 
     Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained``.
     """
     name = str(name_or_path)
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
-    if looks_local and not Path(name).expanduser().exists():
+    if names_a_path(name) and not Path(name).expanduser().exists():
         raise ConfigError(f"model folder {name!r} does not exist", field="model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
