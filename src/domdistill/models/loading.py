@@ -1,4 +1,5 @@
-"""Load students and teachers: a tiny preset built from config, an HF hub id, or a local folder.
+"""Load students and teachers: a tiny preset built from config, an HF hub id, a local folder,
+a GGUF file or a reference model (see ``gguf.py``).
 
 ``load_student`` adds the training options of ``StudentConfig``: LoRA through peft, QLoRA (4-bit
 NF4 base, CUDA only) and gradient checkpointing.
@@ -19,6 +20,7 @@ from transformers import (
 
 from domdistill.config import StudentConfig
 from domdistill.errors import ConfigError
+from domdistill.models.gguf import resolve_model_name
 from domdistill.models.tiny import (
     TINY_PRESETS, build_tiny_model, create_tiny_model, texts_fingerprint, train_tokenizer,
 )
@@ -77,7 +79,7 @@ def load_model_and_tokenizer(name_or_path: str | Path, dtype: str | torch.dtype 
     The tokenizer pads (with eos when it has no pad token), on the left when ``for_generation``.
     Extra keyword arguments go to ``AutoModelForCausalLM.from_pretrained``.
     """
-    name = str(name_or_path)
+    name = resolve_model_name(str(name_or_path))
     if names_a_path(name) and not Path(name).expanduser().exists():
         raise ConfigError(f"model folder {name!r} does not exist", field="model")
     try:
