@@ -98,8 +98,10 @@ def eval_command(
     student, tokenizer = load_model_and_tokenizer(model, dtype=dtype, for_generation=True)
     cfg = EvaluationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, bootstrap=bootstrap,
                            perplexity=not no_perplexity, max_per_domain=max_per_domain, seed=seed)
-    metrics = evaluate_model(student, tokenizer, dataset, task, StudentTemplate.for_task(task, label_set),
-                             cfg, labels=label_set, head=_csv(head), tail=_csv(tail), progress=progress,
+    positions = getattr(student.config, "max_position_embeddings", None)
+    template = StudentTemplate.for_task(  # long inputs are cut so prompt + answer fit the model
+        task, label_set, max_prompt_tokens=positions - max_new_tokens if positions else None)
+    metrics = evaluate_model(student, tokenizer, dataset, task, template, cfg, labels=label_set, head=_csv(head), tail=_csv(tail), progress=progress,
                              predictions_path=predictions)
     write_results(out, "eval", metrics, wall_seconds=time.perf_counter() - start,
                   dataset={"path": data, "format": format, "task": task, "n": metrics["n"],

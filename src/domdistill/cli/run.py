@@ -62,13 +62,19 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
     """The dry-run: quotas per stage and domain, head/tail, expected calls, tokens and cost."""
     from domdistill.methods import DDK_FAMILY
     from domdistill.methods.plan import plan_baldistill
-    from domdistill.methods.task import load_task
+    from domdistill.methods.task import task_for_run
 
     if cfg.method.name in DDK_FAMILY:
         raise typer.BadParameter(f"--dry-run plans teacher calls; {cfg.method.name} makes none")
-    plan = plan_baldistill(cfg, load_task(cfg.data))
+    from domdistill.methods import check_models
+    from domdistill.methods.students import check_student_format
+
+    task = task_for_run(cfg)
+    check_models(cfg)
+    fit = check_student_format(cfg, task)  # refuses lengths that cannot hold the answer line
+    plan = plan_baldistill(cfg, task)
     if as_json:
-        print(json.dumps(plan.to_dict(), indent=2))
+        print(json.dumps({**plan.to_dict(), "prompts": fit}, indent=2))
         return
     table = Table(title=f"{plan.method}: quotas per stage (* = tail: shortfall synthesized)")
     table.add_column("domain")
@@ -82,6 +88,8 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
                   f"synthetic examples: {plan.synthetic}")
     console.print(f"estimated tokens: {plan.prompt_tokens:,} prompt + {plan.completion_tokens:,} "
                   f"completion; estimated cost: {plan.cost:.2f} (prices from teacher.price_per_1k_*)")
+    console.print(f"prompts: at most {fit['max_prompt_tokens']} tokens; {fit['cut']} of "
+                  f"{fit['inputs']} inputs are longer and will lose their end")
     console.print("dry run: no teacher was called and nothing was written.")
 
 

@@ -227,16 +227,16 @@ def evaluate_model(model: Any, tokenizer: Any, dataset: DomainDataset, task: str
     examples = cap_per_domain(dataset, cfg.max_per_domain)
     if not examples:
         raise ValueError(f"{dataset.name}: no examples to evaluate")
-    outputs = generate(model, tokenizer, [template.prompt(ex.input) for ex in examples],
+    prompts, _ = template.prompts(tokenizer, [ex.input for ex in examples])  # cut like training
+    outputs = generate(model, tokenizer, prompts,
                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=progress)
     rows = score_outputs(outputs, examples, task, labels)
     losses = None
     if cfg.perplexity:
         from domdistill.selection.scoring import completion_stats
 
-        pairs = [template.pair(ex) for ex in examples]
-        stats = completion_stats(model, tokenizer, [p for p, _ in pairs], [c for _, c in pairs],
-                                 batch_size=cfg.batch_size)
+        completions = [template.completion(ex.rationale, ex.answer) for ex in examples]
+        stats = completion_stats(model, tokenizer, prompts, completions, batch_size=cfg.batch_size)
         losses = [(s.nll, s.tokens) for s in stats]
     metrics = compute_metrics(rows, task, head, tail, losses, cfg.bootstrap, cfg.ci_level, cfg.seed)
     if predictions_path is not None:

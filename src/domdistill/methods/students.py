@@ -9,7 +9,9 @@ from typing import Any
 from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.io import atomic_dir
+from domdistill.errors import ConfigError
 from domdistill.methods.task import Task
+from domdistill.progress import say
 from domdistill.runs import RunDir
 
 
@@ -17,6 +19,69 @@ def tokenizer_texts(task: Task) -> list[str]:
     """Texts a tiny preset's tokenizer is trained on: the pool as the student will see it."""
     t = task.template
     return [t.prompt(ex.input) + t.completion(ex.rationale, ex.answer) for ex in task.pool]
+
+
+def student_tokenizer(cfg: RunConfig, run_dir: RunDir | None, task: Task) -> Any:
+    """The base student's tokenizer (a tiny preset's is trained, so its model is built too)."""
+    from domdistill.models.loading import is_tiny_preset, prepare_tokenizer
+
+    if is_tiny_preset(cfg.student.model):
+        from domdistill.models.loading import load_student
+
+        cache = run_dir.root / "models" if run_dir is not None else None
+        return load_student(cfg.student, texts=tokenizer_texts(task), cache_dir=cache)[1]
+    from transformers import AutoTokenizer
+
+    from domdistill.models.gguf import resolve_model_name
+
+    name = resolve_model_name(cfg.student.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # noqa: BLE001 - missing/damaged files raise many kinds
+        raise ConfigError(f"cannot load the tokenizer of {cfg.student.model!r}: "
+                          f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+                          field="student.model") from None
+    return prepare_tokenizer(tokenizer)
+
+
+def check_student_format(cfg: RunConfig, task: Task, tokenizer: Any = None) -> dict[str, Any]:
+    """Before anything is paid: the prompts and answers fit the student. Refuses a
+    ``max_seq_len`` whose prompts cannot hold the instruction and label set, a
+    ``max_new_tokens`` that cannot hold the answer line; reports how many inputs will be cut."""
+    tok = tokenizer if tokenizer is not None else student_tokenizer(cfg, None, task)
+    template = task.template
+    template.room_for_input(tok)
+    answers = sorted(set(task.labels or [ex.answer for ex in task.pool]), key=len)
+    longest = answers[-1] if task.labels else answers[len(answers) // 2]
+    line = len(tok(template.completion(None, longest), add_special_tokens=False)["input_ids"]) + 1
+    if line > cfg.evaluation.max_new_tokens:
+        raise ConfigError(
+            f"evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens}) cannot hold the answer line "
+            f"'{template.completion(None, longest)}' ({line} tokens with eos)",
+            field="evaluation.max_new_tokens")
+    positions = _max_positions(cfg)
+    if positions is not None and cfg.training.max_seq_len > positions:
+        raise ConfigError(f"training.max_seq_len ({cfg.training.max_seq_len}) is longer than the "
+                          f"student's {positions} positions", field="training.max_seq_len")
+    texts = [ex.input for ex in list(task.pool) + list(task.test)]
+    cut = sum(template.fit(tok, text)[1] for text in texts)
+    return {"inputs": len(texts), "cut": cut, "max_prompt_tokens": template.max_prompt_tokens}
+
+
+def _max_positions(cfg: RunConfig) -> int | None:
+    from domdistill.models.loading import is_tiny_preset
+
+    if is_tiny_preset(cfg.student.model):
+        return None
+    from transformers import AutoConfig
+
+    from domdistill.models.gguf import resolve_model_name
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_name(cfg.student.model))
+    except Exception:  # noqa: BLE001 - the model load reports a damaged config properly
+        return None
+    return getattr(config, "max_position_embeddings", None)
 
 
 def base_student(cfg: RunConfig, run_dir: RunDir, task: Task, for_generation: bool = False):
@@ -82,12 +147,20 @@ def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[D
     else:
         model, tok = base_student(cfg, run_dir, task)
         examples = train_set
-    pairs = [task.template.pair(ex, with_rationale=with_rationale) for ex in examples]
+    pairs, cut = task.template.pairs(tok, examples, with_rationale=with_rationale)
+    note_cut(cut, len(pairs), task)
     result = train_sft(model, tok, pairs, cfg.training, run_dir.checkpoints / f"stage-{stage}",
                        resume=True, method_state={"stage": stage}, progress=progress)
     losses = [(int(s), float(v)) for s, v in result.losses]
     save_student(result.model if result.model is not None else model, tok, student_dir, losses)
     return losses
+
+
+def note_cut(cut: int, total: int, task: Task) -> None:
+    """Say how many inputs lost their end to fit the prompt limit."""
+    if cut:
+        say(f"{cut} of {total} inputs cut to fit {task.template.max_prompt_tokens} prompt tokens "
+            "(the end of the input text is dropped; instruction and labels are kept)")
 
 
 def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from domdistill.config import DataConfig
+from domdistill.config import DataConfig, RunConfig
 from domdistill.data.example import DomainDataset
 from domdistill.data.templates import StudentTemplate
 from domdistill.errors import ConfigError
@@ -37,6 +37,25 @@ class Task:
     @property
     def name(self) -> str:
         return self.pool.name
+
+
+def prompt_budget(cfg: RunConfig) -> int:
+    """Tokens a student prompt may take: what the training length leaves once evaluation's
+    longest answer is written (one limit for training, scoring, zero-shot and evaluation)."""
+    room = cfg.training.max_seq_len - cfg.evaluation.max_new_tokens
+    if room <= 0:
+        raise ConfigError(f"training.max_seq_len ({cfg.training.max_seq_len}) leaves no room for a "
+                          f"prompt once evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens}) "
+                          "are written; raise training.max_seq_len or lower "
+                          "evaluation.max_new_tokens", field="training.max_seq_len")
+    return room
+
+
+def task_for_run(cfg: RunConfig) -> Task:
+    """The run's task with its template's prompt limit set (:func:`prompt_budget`)."""
+    task = load_task(cfg.data)
+    task.template = replace(task.template, max_prompt_tokens=prompt_budget(cfg))
+    return task
 
 
 def load_task(cfg: DataConfig) -> Task:

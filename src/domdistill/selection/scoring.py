@@ -108,7 +108,7 @@ def score_examples(model, tokenizer, examples: Sequence[DomainExample], template
 
     if not examples:
         return []
-    prompts = [template.prompt(ex.input) for ex in examples]
+    prompts, _ = template.prompts(tokenizer, [ex.input for ex in examples])  # cut like training
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=progress)
     fn = {"ifd": ifd_scores, "entropy": entropy_scores}[method]

@@ -6,21 +6,21 @@ from typing import Any
 
 import torch
 
+from domdistill.data.templates import prompt_ids
+
+__all__ = ["IGNORE_INDEX", "PadCollator", "PairDataset", "encode_pair", "pad_id", "prompt_ids"]
+
 IGNORE_INDEX = -100
-
-
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The prompt's token ids: BOS (when the tokenizer has one) then the text, no other specials."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def encode_pair(tokenizer: Any, prompt: str, completion: str, max_seq_len: int) -> dict[str, list[int]]:
     """Token ids and labels for ``prompt + completion + eos``; prompt labels are -100.
 
     Prompt and completion are tokenized separately (so the prompt tokenizes exactly as it does at
-    generation time, see ``prompt_ids``). Too-long sequences keep at least half of ``max_seq_len`` for the
-    completion: the prompt loses tokens from its start, the completion from its end.
+    generation time, see ``prompt_ids``, chat template included). Prompts are cut to fit before
+    they get here (``StudentTemplate.fit``); a sequence still too long keeps at least half of
+    ``max_seq_len`` for the completion: the prompt loses tokens from its start, the completion
+    from its end.
     """
     p = prompt_ids(tokenizer, prompt)
     c = tokenizer(completion, add_special_tokens=False)["input_ids"]
