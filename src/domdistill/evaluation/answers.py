@@ -25,21 +25,32 @@ def _norm(s: str) -> str:
 
 
 def extract_label(text: str, labels: list[str] | None) -> str | None:
-    """A label from the final-answer line; with a label set, the first label it names."""
+    """A label from the final-answer line; with a label set, the first label it names.
+
+    Without an answer line (an untrained pretrained student rarely writes one), an output that
+    names exactly one label of the set counts as answering it; naming several is no answer.
+    """
     ans = final_answer_text(text)
     if ans is None:
-        return None
+        if not labels:
+            return None
+        named = _labels_named(_norm(text or ""), {_norm(lbl): lbl for lbl in labels})
+        return named[0] if len(named) == 1 else None
     if not labels:
         return _norm(ans)
     norm = _norm(ans)
     by_norm = {_norm(lbl): lbl for lbl in labels}
     if norm in by_norm:
         return by_norm[norm]
-    # longest label mentioned in the answer line wins (e.g. "money-fx" over "money")
-    for key in sorted(by_norm, key=len, reverse=True):
-        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", norm):
-            return by_norm[key]
-    return None
+    named = _labels_named(norm, by_norm)
+    return named[0] if named else None
+
+
+def _labels_named(text: str, by_norm: dict[str, str]) -> list[str]:
+    """Labels mentioned in ``text`` as whole words, longest first ("money" does not match
+    inside "money-fx": hyphens count as part of a word)."""
+    return [by_norm[key] for key in sorted(by_norm, key=len, reverse=True)
+            if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", text)]
 
 
 def extract_choice(text: str) -> str | None:

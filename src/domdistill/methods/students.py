@@ -164,8 +164,10 @@ def note_cut(cut: int, total: int, task: Task) -> None:
 
 
 def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,
-                     head_tail: tuple[list[str], list[str]], progress: bool = True) -> dict[str, Any]:
-    """Per-domain metrics of a saved student (``None``: the untrained base student)."""
+                     head_tail: tuple[list[str], list[str]], progress: bool = True,
+                     predictions_path: Path | None = None) -> dict[str, Any]:
+    """Per-domain metrics of a saved student (``None``: the untrained base student);
+    ``predictions_path`` gets one JSON line per test example (output, parsed answer, gold)."""
     from domdistill.evaluation.metrics import evaluate_model
 
     if student_dir is None:
@@ -176,4 +178,5 @@ def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,
         model, tok = load_trained_student(student_dir, for_generation=True)
     head, tail = head_tail
     return evaluate_model(model, tok, task.test, task.task, task.template, cfg.evaluation,
-                          labels=task.labels, head=head, tail=tail, progress=progress)
+                          labels=task.labels, head=head, tail=tail, progress=progress,
+                          predictions_path=predictions_path)
