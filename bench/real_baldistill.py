@@ -100,7 +100,7 @@ def make_config(args: argparse.Namespace, method: str, seed: int, out: Path) -> 
         "training": {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
                      "max_seq_len": args.max_seq_len, "seed": seed, "logging_steps": 5,
                      "save_total_limit": 1, "warmup_ratio": 0.1},
-        "evaluation": {"max_new_tokens": args.max_new_tokens, "batch_size": 16, "bootstrap": 0,
+        "evaluation": {"max_new_tokens": args.max_new_tokens, "batch_size": 32, "bootstrap": 0,
                        "seed": seed, "perplexity": False,
                        "max_per_domain": args.stage_eval_per_domain},
         "output": {"dir": str(out)},
@@ -187,7 +187,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from domdistill.config import StudentConfig, TrainingConfig
+    from domdistill.config import EvaluationConfig, StudentConfig, TrainingConfig
     from domdistill.data.example import DomainExample
     from domdistill.evaluation.generate import generate
     from domdistill.methods.task import task_for_run
@@ -237,12 +237,14 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             best[name] = min(best[name], fn(model, tok, Path(args.out) / "speed" / f"{name}-{round_}"))
     train_ratio = best["trainer"] / best["project"]
 
-    model, tok = load_student(student_cfg, for_generation=True)
-    model.eval()
+    # scoring and evaluation generate with the trained student merged (no LoRA layers), in
+    # batches of evaluation.batch_size (32 by default)
+    model, tok = load_student(StudentConfig(model=STUDENT), for_generation=True)
     prompts, _ = task.template.prompts(tok, [ex.input for ex in task.test][:args.speed_prompts])
+    generate(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
     start = time.perf_counter()
-    batched = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=16,
-                       progress=False)
+    batched = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                       batch_size=EvaluationConfig().batch_size, progress=False)
     t_batched = time.perf_counter() - start
     start = time.perf_counter()
     single = generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=1,
@@ -333,7 +335,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws (default %(default)s)")
     p.add_argument("--speed-examples", type=int, default=24, help="examples of the fine-tuning "
                    "speed check (default %(default)s)")
-    p.add_argument("--speed-prompts", type=int, default=16, help="prompts of the generation speed "
+    p.add_argument("--speed-prompts", type=int, default=32, help="prompts of the generation speed "
                    "check (default %(default)s)")
     p.add_argument("--no-speed", action="store_true", help="skip the speed checks")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-real"), help="work folder")

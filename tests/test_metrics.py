@@ -148,3 +148,20 @@ def test_token_f1_and_perplexity():
     assert m["micro"]["perplexity"] == pytest.approx(math.exp(9 / 8))
     assert m["macro"]["perplexity"] == pytest.approx((math.exp(3 / 5) + math.exp(2)) / 2)
     assert m["head"]["perplexity"] == m["per_domain"]["d1"]["perplexity"]
+
+
+@pytest.mark.parametrize("output, expected", [
+    ("Step 1: the text reports quarterly profit.\nThe answer is: earn", "earn"),
+    ("The answer is: Money-FX.", "money-fx"),
+    ("The answer is: money-fx or money-supply", "money-supply"),  # longest label named wins
+    ('The topic is "acq," since one firm buys another.', "acq"),  # no answer line, one label named
+    ("This could be crude or earn.", None),  # no answer line, two labels named: no answer
+    ("Topics: money-fx news today", "money-fx"),  # "money" alone is not a label inside "money-fx"
+    ("I cannot tell.", None),
+    ("The answer is: weather", None),
+])
+def test_labels_are_read_from_the_answer_line_else_from_a_single_mention(output, expected):
+    from domdistill.evaluation.answers import extract_label
+
+    labels = ["earn", "acq", "crude", "money-fx", "money-supply", "money"]
+    assert extract_label(output, labels) == expected

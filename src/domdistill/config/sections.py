@@ -61,7 +61,7 @@ class TeacherConfig(Section):
     """Which teacher answers, and how it is called."""
 
     kind: Literal["program", "openai", "hf", "recorded"] = "program"
-    model: str = Field("program", description="Model name (API), HF id or path (hf), or a label")
+    model: str = Field("program", description="Model name (API), HF id, folder or .gguf file (hf), or a label")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding "
                                                            "the key (the name, never the key)")
@@ -108,7 +108,8 @@ class TeacherConfig(Section):
 class StudentConfig(Section):
     """The model being trained: a tiny preset (CPU), an HF id or a local path."""
 
-    model: str = Field("tiny", description="Preset name (tiny, small, ...), HF model id, or local path")
+    model: str = Field("tiny", description="Preset name (tiny, small, ...), HF model id, local folder, "
+                       ".gguf file, or smollm2-135m-instruct (the reference model)")
     lora: bool = False
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
