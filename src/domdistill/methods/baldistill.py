@@ -22,6 +22,7 @@ from domdistill.data.quotas import Policy, StagePlan, plan_stage, stage_budgets
 from domdistill.errors import TeacherError
 from domdistill.io import atomic_write_json, read_json
 from domdistill.methods.task import Task
+from domdistill.progress import say
 from domdistill.runs import RunDir
 
 
@@ -159,6 +160,8 @@ class BalDistillRun:
             n = len(pool[d]) if cap is None else max(cap, plan.quotas.get(d, 0))
             candidates += pool[d] if len(pool[d]) <= n else rng.sample(pool[d], n)
         model, tok = load_trained_student(self._student_dir(stage - 1), for_generation=True)
+        say(f"stage {stage}: the student writes and scores its own rationale for "
+            f"{len(candidates)} head candidates ({self.cfg.method.selection})")
         values = score_examples(model, tok, candidates, self.task.template,
                                 method=self.cfg.method.selection,
                                 max_new_tokens=self.cfg.method.score_max_new_tokens,
@@ -201,6 +204,8 @@ class BalDistillRun:
         rng = random.Random(f"{self.cfg.training.seed}:stage:{stage}")
         pool = self._pool(state)
         plan = stage_plan(self.recipe, self.cfg, stage, n_stages, budget, pool, self.original)
+        say(f"stage {stage}/{n_stages}: {budget} teacher calls planned, {len(plan.head)} head and "
+            f"{len(plan.tail)} tail domains")
         scores = self._scores(stage, plan, pool)
         if scores is not None:  # only scored candidates compete
             pool = {d: [ex for ex in exs if ex.id in scores] if d in plan.head or self.recipe.pool_wide
@@ -208,6 +213,9 @@ class BalDistillRun:
         chosen = select_head(plan, pool, self.recipe, scores, rng)
         real = [ex for d in chosen for ex in chosen[d]]
         clock["select"] = time.time()
+        if annotator is not None:
+            say(f"stage {stage}/{n_stages}: the teacher annotates {len(real)} chosen inputs"
+                + (" and synthesizes the tail's shortfall" if self.recipe.tail == "synthesize" else ""))
         batch, spend = self._annotate(annotator, stage, plan, chosen, real, rng, state)
         clock["teacher"] = time.time()
         taken = {ex.id for ex in real}
@@ -222,10 +230,14 @@ class BalDistillRun:
                 "with --resume")
         new = [DomainExample.from_dict(d) for d in state.train[len(state.train) - len(batch):]]
         student_dir = self._student_dir(stage)
+        say(f"stage {stage}/{n_stages}: training the student on {len(train_set)} examples")
         losses = train_student(self.cfg, self.dir, self.task, train_set, stage, student_dir,
                                with_rationale=self.recipe.rationale, new_examples=new,
                                progress=self.progress)
         clock["train"] = time.time()
+        say(f"stage {stage}/{n_stages}: evaluating on {len(self.task.test)} test examples"
+            + (f" (at most {self.cfg.evaluation.max_per_domain} per domain)"
+               if self.cfg.evaluation.max_per_domain else ""))
         metrics = evaluate_student(self.cfg, self.task, student_dir, self.head_tail,
                                    progress=self.progress)
         clock["eval"] = time.time()
