@@ -81,7 +81,12 @@ def render() -> str:
            "A run config is a YAML file with the sections below (all optional; unknown keys are "
            "errors that name their dotted path). `${VAR}` in any string expands from the "
            "environment. Override any key on the command line: "
-           "`domdistill run CONFIG --set method.budget=800`.", ""]
+           "`domdistill run CONFIG --set method.budget=800`.", "",
+           "Relative input paths (`data.path`, `data.test_path`, `teacher.recorded_paths`, and "
+           "`student.model` or an `hf` teacher's `model` when they name a local folder or a "
+           "`.gguf` file) are relative to the config file's folder; given with `--set`, to the "
+           "current directory. Both are made absolute, so the run folder's saved `config.yaml` "
+           "works from anywhere. `output.dir` is relative to the current directory.", ""]
     for name, field in RunConfig.model_fields.items():
         section(field.annotation, name, out)
     return "\n".join(out).rstrip() + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,51 @@ def test_example_tiny_config_is_the_demo():
 def test_every_example_config_loads(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / name)
     assert cfg.method.name and cfg.output.dir
+
+
+def _project(tmp_path: Path) -> Path:
+    """A user's project: data in data/, the config in configs/ naming it as ../data/..."""
+    rows = [{"domain": d, "input": f"{d} text number {i}", "answer": d}
+            for d in ("alpha", "beta", "gamma") for i in range(8)]
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "project" / "configs").mkdir()
+    config = tmp_path / "project" / "configs" / "run.yaml"
+    config.write_text("data:\n  path: ../data/train.jsonl\n  task: classification\n"
+                      "teacher:\n  kind: openai\n  model: some-model\n"
+                      "  base_url: http://127.0.0.1:9/v1\n"
+                      "method:\n  budget: 6\n  stages: 2\n")
+    (tmp_path / "elsewhere").mkdir()
+    return config
+
+
+def test_paths_in_a_config_resolve_against_its_folder(tmp_path, monkeypatch):
+    config = _project(tmp_path)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(config)
+    assert cfg.data.path == str(tmp_path / "project" / "data" / "train.jsonl")
+    assert cfg.student.model == "tiny" and cfg.output.dir == "runs/run"  # names, not paths
+    given = load_config(config, {"data.test_path": "test.jsonl", "student.model": "./m.gguf"})
+    assert given.data.test_path == str(tmp_path / "elsewhere" / "test.jsonl")  # --set: the cwd
+    assert given.student.model == str(tmp_path / "elsewhere" / "m.gguf")
+    save_config(cfg, tmp_path / "saved.yaml")  # the saved copy works from any folder
+    assert load_config(tmp_path / "saved.yaml").data.path == cfg.data.path
+
+
+def test_cli_dry_run_from_another_folder(tmp_path):
+    import subprocess
+    import sys
+
+    config = _project(tmp_path)
+    cli = [sys.executable, "-c", "from domdistill.cli import main; main()", "run", str(config),
+           "--dry-run"]
+    proc = subprocess.run([*cli, "--json"], cwd=tmp_path / "elsewhere", capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "calls" in proc.stdout and "Traceback" not in proc.stderr
+    proc = subprocess.run([*cli, "--set", "data.test_path=../missing.jsonl"],
+                          cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'missing.jsonl'}: file or folder does not exist" in proc.stderr
+    assert list((tmp_path / "elsewhere").iterdir()) == []  # nothing written

@@ -185,12 +185,50 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML run config; ``overrides`` are dotted keys (``method.budget``) applied on top."""
+    """Load a YAML run config; ``overrides`` are dotted keys (``method.budget``) applied on top.
+
+    Relative input paths (see ``resolve_input_paths``) written in the file resolve against the
+    file's folder, those given as overrides against the current directory; both become absolute,
+    so the run folder's saved config works from anywhere."""
     raw = read_config_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}", path=path)
     apply_overrides(raw, overrides or {})
-    return config_from_dict(raw, source=str(path))
+    cfg = config_from_dict(raw, source=str(path))
+    given = {key.strip() for key in overrides or {}}
+    resolve_input_paths(cfg, Path(path).resolve().parent, Path.cwd(), given)
+    return cfg
+
+
+def resolve_input_paths(cfg: RunConfig, base: Path, cwd: Path, overridden: set[str] = frozenset()
+                        ) -> None:
+    """Make the config's relative input paths absolute: ``data.path``, ``data.test_path``,
+    ``teacher.recorded_paths`` and a model that is a local path (``student.model``;
+    ``teacher.model`` for ``kind: hf``). A dotted key in ``overridden`` resolves against ``cwd``,
+    the others against ``base``. Hub ids, presets and reference names (unless a file of that name
+    sits beside the config), ``builtin`` and absolute paths stay as given;
+    ``output.dir`` stays relative to where the command runs."""
+    # here, not at the top: the models package imports config (and torch)
+    from domdistill.models.gguf import is_gguf, names_a_path
+
+    def absolute(value: str, key: str) -> str:
+        p = Path(value).expanduser()
+        return value if p.is_absolute() else os.path.abspath((cwd if key in overridden else base) / p)
+
+    def model(value: str, key: str) -> str:
+        here = cwd if key in overridden else base
+        local = names_a_path(value) or is_gguf(value) or (here / value).exists()
+        return absolute(value, key) if local else value
+
+    data, teacher = cfg.data, cfg.teacher
+    if data.path != "builtin":
+        data.path = absolute(data.path, "data.path")
+    if data.test_path is not None:
+        data.test_path = absolute(data.test_path, "data.test_path")
+    teacher.recorded_paths = [absolute(p, "teacher.recorded_paths") for p in teacher.recorded_paths]
+    cfg.student.model = model(cfg.student.model, "student.model")
+    if teacher.kind == "hf":
+        teacher.model = model(teacher.model, "teacher.model")
 
 
 def read_config_yaml(path: str | Path) -> Any:

@@ -65,6 +65,11 @@ def reference_gguf(name: str) -> Path:
     return path
 
 
+def names_a_path(name: str) -> bool:
+    """Whether a model name is a local path (else an HF hub id such as ``org/model``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+
+
 def is_gguf(name: str) -> bool:
     return name.lower().endswith(".gguf")
 

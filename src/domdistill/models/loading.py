@@ -8,7 +8,6 @@ NF4 base, CUDA only) and gradient checkpointing.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from transformers import (
 
 from domdistill.config import StudentConfig
 from domdistill.errors import ConfigError
-from domdistill.models.gguf import resolve_model_name
+from domdistill.models.gguf import names_a_path, resolve_model_name
 from domdistill.models.tiny import (
     TINY_PRESETS, build_tiny_model, create_tiny_model, texts_fingerprint, train_tokenizer,
 )
@@ -64,11 +63,6 @@ def _sync_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
         gen.pad_token_id = tokenizer.pad_token_id
     if gen is not None and gen.eos_token_id is None:
         gen.eos_token_id = tokenizer.eos_token_id
-
-
-def names_a_path(name: str) -> bool:
-    """Whether a model name is a local path (else an HF hub id such as ``org/model``)."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
 def load_model_and_tokenizer(name_or_path: str | Path, dtype: str | torch.dtype = "auto",
