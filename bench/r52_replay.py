@@ -216,7 +216,7 @@ def final_evaluation(cfg: Any, task: Any, out: Path, path: Path) -> dict[str, An
     """Score the run's last student on the whole test set (the run itself scores every stage on
     ``--stage-eval-per-domain`` documents per topic) into ``final_metrics.json``."""
     from domdistill.io import atomic_write_json
-    from domdistill.methods.baldistill import report_head_tail
+    from domdistill.data.domains import report_head_tail
     from domdistill.methods.students import evaluate_student
 
     last = max((p for p in (out / "students").glob("stage-*")), key=lambda p: int(p.name[6:]))

@@ -53,9 +53,11 @@ METHODS = ("zero_shot_cot", "random_ft_cot", "balance_ft_cot", "baldistill_a")
 NAMES = {"zero_shot_cot": "Zero-shot CoT", "random_ft_cot": "Random FT CoT",
          "balance_ft_cot": "Balance FT CoT", "baldistill_a": "BalDistill A"}
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(seeds=[0, 1], per_class=10, test_per_domain=12, methods=list(METHODS)),
+    "default": dict(seeds=[0, 1], per_class=10, test_per_domain=12, methods=list(METHODS),
+                    score_candidates=8, speed_examples=24, speed_prompts=32),
     "quick": dict(seeds=[0], per_class=6, test_per_domain=5,
-                  methods=["zero_shot_cot", "random_ft_cot", "baldistill_a"]),
+                  methods=["zero_shot_cot", "random_ft_cot", "baldistill_a"],
+                  score_candidates=6, speed_examples=16, speed_prompts=24),
 }
 
 
@@ -111,7 +113,8 @@ def make_config(args: argparse.Namespace, method: str, seed: int, out: Path) -> 
 def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
     """One (method, seed): the run (none for zero-shot), then the last student on the test set."""
     from domdistill.config import save_config
-    from domdistill.methods.baldistill import BalDistillRun, report_head_tail
+    from domdistill.data.domains import report_head_tail
+    from domdistill.methods.baldistill import BalDistillRun
     from domdistill.methods.students import evaluate_student
     from domdistill.methods.task import task_for_run
     from domdistill.runs import prepare_run_dir
@@ -327,16 +330,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "rationale (default %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="student generation when "
                    "scored and evaluated (default %(default)s)")
-    p.add_argument("--score-candidates", type=int, default=8, help="IFD-scored candidates per head "
-                   "topic and stage (default %(default)s)")
+    p.add_argument("--score-candidates", type=int, help="IFD-scored candidates per head topic and "
+                   "stage (default 8; --quick 6)")
     p.add_argument("--test-per-domain", type=int, help="test documents per topic (default 12; --quick 5)")
     p.add_argument("--stage-eval-per-domain", type=int, default=1, help="test documents per topic "
                    "scored after each stage (default %(default)s; the last student is scored on all)")
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap draws (default %(default)s)")
-    p.add_argument("--speed-examples", type=int, default=24, help="examples of the fine-tuning "
-                   "speed check (default %(default)s)")
-    p.add_argument("--speed-prompts", type=int, default=32, help="prompts of the generation speed "
-                   "check (default %(default)s)")
+    p.add_argument("--speed-examples", type=int, help="examples of the fine-tuning speed check "
+                   "(default 24; --quick 16)")
+    p.add_argument("--speed-prompts", type=int, help="prompts of the generation speed check "
+                   "(default 32; --quick 24)")
     p.add_argument("--no-speed", action="store_true", help="skip the speed checks")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-real"), help="work folder")
     p.add_argument("--shared", default=str(SHARED), help="folder holding reuters-r52/ and "

@@ -27,6 +27,9 @@ def test_stats_r52_json(shared_data: Path) -> None:
     assert out["imbalance_ratio"] == 2840
     assert out["head"][:2] == ["earn", "acq"] and "platinum" in out["tail"]
     assert len(out["head"]) + len(out["tail"]) == 52
+    # the one rule runs and reports use: tail = smaller than the mean domain (6532 / 52)
+    assert out["head"] == [d for d, n in out["domains"].items() if n >= 6532 / 52]
+    assert out["head_tail_rule"] == "tail: domains smaller than the mean domain"
 
 
 def test_stats_math_train_json(shared_data: Path) -> None:

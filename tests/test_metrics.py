@@ -165,3 +165,36 @@ def test_labels_are_read_from_the_answer_line_else_from_a_single_mention(output,
 
     labels = ["earn", "acq", "crude", "money-fx", "money-supply", "money"]
     assert extract_label(output, labels) == expected
+
+
+def test_intervals_do_not_collapse_when_the_outputs_all_agree():
+    from domdistill.evaluation.metrics import Scored, compute_metrics
+
+    # one label for everything: a stratified resample of these examples would be the same set
+    rows = [Scored(f"{d}{i}", d, d, "a", d == "a") for d in "abcde" for i in range(10)]
+    out = compute_metrics(rows, "classification", bootstrap=300)
+    for name in ("accuracy", "f1"):
+        lo, hi = out["macro_ci"][name]
+        assert lo <= out["macro"][name] <= hi and hi - lo > 0.05, name
+    assert out["top_prediction"] == "a" and out["top_prediction_share"] == 1.0
+    assert any("collapsed to one answer" in w for w in out["warnings"])
+    # every math answer wrong: the interval still reaches above zero
+    wrong = [Scored(f"{d}{i}", d, "1", "2", False) for d in "abc" for i in range(10)]
+    out = compute_metrics(wrong, "math", bootstrap=300)
+    assert out["macro_ci"]["accuracy"][0] == 0.0 and out["macro_ci"]["accuracy"][1] > 0.03
+
+
+def test_no_answer_share_and_its_warning():
+    from domdistill.evaluation.metrics import Scored, compute_metrics
+
+    rows = [Scored(f"{d}{i}", d, d, d if i % 2 else None, bool(i % 2)) for d in "ab" for i in range(10)]
+    rows += [Scored(f"c{i}", "c", "c", "c", True) for i in range(10)]
+    out = compute_metrics(rows, "classification", bootstrap=0)
+    assert out["per_domain"]["a"]["no_answer"] == 0.5 and out["per_domain"]["c"]["no_answer"] == 0
+    assert abs(out["no_answer"] - 10 / 30) < 1e-12
+    assert len(out["warnings"]) == 1 and "33% of the student's 30 test outputs" in out["warnings"][0]
+    # the head and tail blocks average scores only
+    assert "no_answer" not in out["head"] and "top_prediction" not in out["tail"]
+    # a large domain answered correctly is not a collapse
+    big = [Scored(f"x{i}", "x", "x", "x", True) for i in range(40)] + rows[:10]
+    assert not any("collapsed" in w for w in compute_metrics(big, "classification", bootstrap=0)["warnings"])

@@ -27,7 +27,7 @@ from domdistill.errors import InputError
 from domdistill.evaluation.metrics import Scored, compute_metrics
 from domdistill.evaluation.report import PLOTS_DIR, default_out, load_run, write_report
 from domdistill.evaluation.results import write_results
-from domdistill.methods.baldistill import report_head_tail
+from domdistill.data.domains import report_head_tail
 from domdistill.teachers.ledger import Budget, Ledger, Tags
 
 IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")

@@ -114,6 +114,11 @@ class RunDir:
         return self.root / "results.json"
 
     @property
+    def predictions(self) -> Path:
+        """The last evaluation's outputs, one JSON line per test example."""
+        return self.root / "predictions.jsonl"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.md"
 

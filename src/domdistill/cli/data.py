@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,18 +22,23 @@ def stats(
     format: str = typer.Option("auto", "--format", "-f",
                                help="auto, jsonl, csv, r52, math, recorded, hf or builtin"),
     split: str | None = typer.Option(None, "--split", help="Split inside the source (MATH: train/test)"),
-    head_share: float = typer.Option(0.8, "--head-share", min=0.0, max=1.0,
-                                     help="Head = fewest largest domains holding this share"),
+    head_share: Optional[float] = typer.Option(
+        None, "--head-share", min=0.0, max=1.0,
+        help="Head = fewest largest domains holding this share (default: the rule runs and "
+             "reports use, tail = domains smaller than the mean domain; 0: no split)"),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
 ) -> None:
     """Per-domain counts, shares, head/tail and imbalance of a dataset."""
-    from domdistill.data.domains import domain_stats
+    from domdistill.data.domains import HEAD_TAIL_RULE, domain_stats
     from domdistill.data.loaders import load_dataset
 
     dataset = load_dataset(path, format=format, split=split)
-    st = domain_stats(dataset, head_share=head_share if head_share > 0 else None)
+    st = domain_stats(dataset, head_share=head_share or None, mean_rule=head_share is None)
+    rule = (HEAD_TAIL_RULE if head_share is None else
+            f"head: the {len(st.head)} largest domains covering >= {head_share:.0%}" if head_share
+            else "no head/tail split")
     if json_output:
-        typer.echo(json.dumps(st.to_dict(), indent=2))
+        typer.echo(json.dumps({**st.to_dict(), "head_tail_rule": rule}, indent=2))
         return
     head = set(st.head)
     table = Table(title=f"{dataset.name}: {len(st.counts)} domains")
@@ -47,4 +53,4 @@ def stats(
     console.print(table)
     console.print(f"domains {len(st.counts)}  total {st.total}  max {st.max}  min {st.min}  "
                   f"imbalance ratio {st.imbalance_ratio:.4g}  "
-                  f"(head: {len(st.head)} domains covering >= {head_share:.0%})")
+                  f"({len(st.head)} head, {len(st.tail)} tail; {rule})")

@@ -49,13 +49,14 @@ def run(
 
 
 def print_warnings(results: dict[str, Any], folder: Any) -> None:
-    """The run's warnings (failed or unusable teacher calls, ...) on stderr, after the results."""
+    """The run's warnings (failed or unusable teacher calls, unparsable or collapsed outputs)
+    on stderr, after the results."""
     from domdistill.cli import err_console
 
     for w in results.get("warnings", []):
+        hint = "" if "predictions.jsonl" in w else f"; see `domdistill ledger {folder}`"
         err_console.print("[bold yellow]warning:[/]", end=" ")
-        err_console.print(f"{redact(w)}; see `domdistill ledger {folder}`", highlight=False,
-                          markup=False, soft_wrap=True)
+        err_console.print(f"{redact(w)}{hint}", highlight=False, markup=False, soft_wrap=True)
 
 
 def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
@@ -71,8 +72,9 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
 
     task = task_for_run(cfg)
     check_models(cfg)
-    fit = check_student_format(cfg, task)  # refuses lengths that cannot hold the answer line
     plan = plan_baldistill(cfg, task)
+    # refuses lengths that cannot hold the answer line; measures the training answers
+    fit = check_student_format(cfg, task, training_answers=plan.answer_samples)
     if as_json:
         print(json.dumps({**plan.to_dict(), "prompts": fit}, indent=2))
         return
@@ -90,7 +92,40 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
                   f"completion; estimated cost: {plan.cost:.2f} (prices from teacher.price_per_1k_*)")
     console.print(f"prompts: at most {fit['max_prompt_tokens']} tokens; {fit['cut']} of "
                   f"{fit['inputs']} inputs are longer and will lose their end")
+    if "answers" in fit:
+        a = fit["answers"]
+        console.print(f"training answers ({a['measured']} measured): median {a['median_tokens']} "
+                      f"tokens, 95th percentile {a['p95_tokens']}", soft_wrap=True)
+        share = a["longer_than"]["evaluation.max_new_tokens"]
+        if share > 0:
+            console.print(f"[yellow]warning:[/] {share:.0%} of them are longer than "
+                          f"evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens}): a "
+                          "student that learns to write like them is stopped before its answer "
+                          "line; raise it", soft_wrap=True)
+    if plan.coverage is not None:
+        show_recorded_shortfalls(plan.coverage, cfg.teacher.max_failure_rate)
     console.print("dry run: no teacher was called and nothing was written.")
+
+
+def show_recorded_shortfalls(rows: list[dict[str, Any]], max_failure_rate: float) -> None:
+    """The dry run's table of domains the recorded teacher cannot serve in full."""
+    if not rows:
+        console.print("recorded teacher: every planned request has a record")
+        return
+    table = Table(title="recorded teacher: domains it cannot serve in full")
+    for name in ("domain", "pool", "with rationale", "rationale calls", "synthetic recorded",
+                 "synthetic planned", "expected without record"):
+        table.add_column(name, justify="left" if name == "domain" else "right")
+    for r in rows:
+        table.add_row(r["domain"], *(str(r[k]) for k in (
+            "pool", "with_rationale", "rationale_calls", "synthetic_recorded",
+            "synthetic_planned", "expected_without_record")))
+    console.print(table)
+    total = sum(r["expected_without_record"] for r in rows)
+    console.print(f"about {total} request(s) will find no record: they fail and are not charged; "
+                  f"a stage where more than {max_failure_rate:.0%} of the requests fail stops the "
+                  "run (exit 2, resumable), otherwise it finishes with fewer examples and a "
+                  "warning. Add records, or lower method.budget.", soft_wrap=True)
 
 
 def print_results(runs: dict[str, dict[str, Any]]) -> None:
@@ -104,7 +139,8 @@ def print_results(runs: dict[str, dict[str, Any]]) -> None:
         text = f"{block.get(metric, float('nan')):.3f}"
         return f"{text} ({block['ppl_ratio']:.2f}x)" if ratio and "ppl_ratio" in block else text
 
-    table = Table(title=f"per-domain {metric}" + (" (student/teacher ratio)" if ratio else ""))
+    table = Table(title=f"per-domain {metric}" + (" (student/teacher ratio)" if ratio else ""),
+                  caption=first.get("head_tail_rule"))
     table.add_column("domain")
     table.add_column("pool", justify="right")
     table.add_column("test n", justify="right")

@@ -54,6 +54,18 @@ class DomainStats:
                 "tail": list(self.tail)}
 
 
+HEAD_TAIL_RULE = "tail: domains smaller than the mean domain"
+
+
+def report_head_tail(counts: Mapping[str, int]) -> tuple[list[str], list[str]]:
+    """The head/tail that ``data stats``, runs, ``eval`` and reports share (``HEAD_TAIL_RULE``):
+    a domain is tail when it is smaller than the mean domain (random sampling gives it less
+    than a balanced share). Each list keeps the order of ``counts``."""
+    mean = sum(counts.values()) / max(len(counts), 1)
+    head = [d for d, n in counts.items() if n >= mean]
+    return head, [d for d in counts if d not in head]
+
+
 def split_head_tail(counts: Mapping[str, int], quota: int | None = None,
                     share: float | None = None) -> tuple[list[str], list[str]]:
     """Split domains into head and tail, each list largest first.
@@ -87,8 +99,9 @@ def split_head_tail(counts: Mapping[str, int], quota: int | None = None,
 
 
 def domain_stats(data: DomainDataset | Mapping[str, int], head_share: float | None = None,
-                 head_quota: int | None = None) -> DomainStats:
-    """Counts, imbalance and (if ``head_share`` or ``head_quota`` is given) head/tail."""
+                 head_quota: int | None = None, mean_rule: bool = False) -> DomainStats:
+    """Counts, imbalance and head/tail: by ``head_share`` or ``head_quota`` when given, else by
+    the shared rule (:func:`report_head_tail`) when ``mean_rule``, else none."""
     counts = _ranked(data.counts() if isinstance(data, DomainDataset) else dict(data))
     if not counts:
         raise InputError("no domains: the dataset is empty")
@@ -96,6 +109,8 @@ def domain_stats(data: DomainDataset | Mapping[str, int], head_share: float | No
     tail: list[str] = []
     if head_share is not None or head_quota is not None:
         head, tail = split_head_tail(counts, quota=head_quota, share=head_share)
+    elif mean_rule:
+        head, tail = report_head_tail(counts)
     return DomainStats(counts, head, tail)
 
 

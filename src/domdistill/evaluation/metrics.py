@@ -13,12 +13,17 @@ when token losses are given.
 - micro: over examples; ``f1`` is micro-F1 (equals accuracy for single-label tasks);
   perplexity is token-weighted.
 - head / tail: mean over the given domains.
-- ``macro_ci``: percentile bootstrap interval of each macro score, resampling examples
-  with replacement inside each domain (seeded).
+- ``macro_ci``: interval of each macro score from replicates of the test set whose outcomes
+  are redrawn per domain from Jeffreys-smoothed shares (seeded; see ``_bootstrap``),
+  so that a handful of identical outputs does not give an interval of zero width.
+- ``no_answer``, ``top_prediction``, ``top_prediction_share`` (overall and per domain): the share
+  of outputs without a parsable answer and the most frequent answer; ``warnings`` says when
+  either looks wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -29,10 +34,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
+from domdistill.data.domains import report_head_tail
 from domdistill.data.example import DomainDataset, DomainExample
 from domdistill.evaluation.answers import extract_answer, is_correct, token_f1
 
 NO_ANSWER = "<no answer>"
+OUTPUT_SHAPE = ("no_answer", "top_prediction", "top_prediction_share")  # per domain, not scores
 
 
 @dataclass(frozen=True)
@@ -66,13 +73,6 @@ def metric_names(task: str) -> list[str]:
     """The scores reported for a task type (perplexity is added when losses are given)."""
     extra = {"classification": ["f1"], "math": ["exact_match"], "qa": ["token_f1"]}
     return ["accuracy", *extra.get(task, [])]
-
-
-def default_head_tail(counts: dict[str, int]) -> tuple[list[str], list[str]]:
-    """Head: the largest domains holding half of the examples; tail: the rest."""
-    from domdistill.data.domains import split_head_tail
-
-    return split_head_tail(counts, share=0.5)
 
 
 def _f1_scores(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
@@ -142,7 +142,8 @@ def compute_metrics(rows: Sequence[Scored], task: str, head: Sequence[str] | Non
     """The ``metrics`` block of ``results.json`` from scored examples.
 
     ``token_losses`` (summed NLL, token count) per example, aligned with ``rows``, adds
-    ``perplexity``. ``head``/``tail`` default to :func:`default_head_tail` of the test counts.
+    ``perplexity``. ``head``/``tail`` default to the shared rule (``data.domains.report_head_tail``) on the
+    test counts.
     """
     if not rows:
         raise ValueError("no evaluated examples")
@@ -150,7 +151,8 @@ def compute_metrics(rows: Sequence[Scored], task: str, head: Sequence[str] | Non
     per = t.per_domain_scores(t.members)
     per_domain: dict[str, dict[str, Any]] = {}
     for k, d in enumerate(t.domains):
-        per_domain[d] = {"n": int(len(t.members[k])), **{m: float(v[k]) for m, v in per.items()}}
+        per_domain[d] = {"n": int(len(t.members[k])), **{m: float(v[k]) for m, v in per.items()},
+                         **_output_shape([rows[i] for i in t.members[k]])}
     golds = [r.gold for r in rows]
     preds = [r.pred if r.pred is not None else NO_ANSWER for r in rows]
     macro = t.macro(t.members)
@@ -171,33 +173,104 @@ def compute_metrics(rows: Sequence[Scored], task: str, head: Sequence[str] | Non
         macro["perplexity"] = float(np.mean([per_domain[d]["perplexity"] for d in t.domains]))
         micro["perplexity"] = math.exp(nll.sum() / max(ntok.sum(), 1))
     if head is None and tail is None:
-        head, tail = default_head_tail({d: per_domain[d]["n"] for d in t.domains})
+        head, tail = report_head_tail({d: per_domain[d]["n"] for d in t.domains})
     groups = {"head": list(head or []), "tail": list(tail or [])}
-    out: dict[str, Any] = {"n": len(rows), "per_domain": per_domain, "macro": macro, "micro": micro}
+    out: dict[str, Any] = {"n": len(rows), "per_domain": per_domain, "macro": macro, "micro": micro,
+                           **_output_shape(rows)}
     for name, doms in groups.items():
         present = [d for d in doms if d in per_domain]
         block: dict[str, Any] = {"domains": present, "n": sum(per_domain[d]["n"] for d in present)}
         if present:
             for m in per_domain[present[0]]:
-                if m != "n":
+                if m != "n" and m not in OUTPUT_SHAPE:
                     block[m] = float(np.mean([per_domain[d][m] for d in present]))
         out[name] = block
     if bootstrap > 0:
         out["macro_ci"] = _bootstrap(t, bootstrap, ci_level, seed)
         out["ci_level"] = ci_level
+    out["warnings"] = output_warnings(out, rows)
+    return out
+
+
+def _output_shape(rows: Sequence[Scored]) -> dict[str, Any]:
+    """What the outputs look like: the share with no parsable answer, the most frequent
+    prediction (``<no answer>`` counts as one) and its share."""
+    preds = Counter(r.pred if r.pred is not None else NO_ANSWER for r in rows)
+    top, count = min(preds.items(), key=lambda kv: (-kv[1], kv[0]))
+    return {"no_answer": preds.get(NO_ANSWER, 0) / len(rows), "top_prediction": top,
+            "top_prediction_share": count / len(rows)}
+
+
+def output_warnings(metrics: dict[str, Any], rows: Sequence[Scored], no_answer: float = 0.1,
+                    one_label: float = 0.5) -> list[str]:
+    """Warnings about the student's outputs: more than ``no_answer`` of them without a parsable
+    answer, or one answer given for more than ``one_label`` of the inputs (when the gold answers
+    are not that concentrated)."""
+    out = []
+    n = metrics["n"]
+    if metrics["no_answer"] > no_answer:
+        worst = sorted(metrics["per_domain"].items(), key=lambda kv: -kv[1]["no_answer"])[:3]
+        out.append(f"{metrics['no_answer']:.0%} of the student's {n} test outputs have no "
+                   "parsable answer (most in " + ", ".join(
+                       f"{d} {b['no_answer']:.0%}" for d, b in worst) + "); read them in the "
+                   "run's predictions.jsonl")
+    top, share = metrics["top_prediction"], metrics["top_prediction_share"]
+    gold = Counter(r.gold for r in rows).get(top, 0) / n
+    if top != NO_ANSWER and share > one_label and share > 1.5 * gold:
+        out.append(f"the student answers {top!r} for {share:.0%} of the {n} test inputs (the "
+                   f"gold answer of {gold:.0%}): it may have collapsed to one answer; read its outputs in "
+                   "the run's predictions.jsonl")
     return out
 
 
 def _bootstrap(t: _Table, n: int, level: float, seed: int) -> dict[str, list[float]]:
-    """Percentile intervals of the macro scores, resampling within each domain."""
+    """Percentile intervals of the macro scores over ``n`` replicates of the test set.
+
+    A replicate keeps each domain's size and redraws its outcomes from their shares smoothed by
+    a Jeffreys prior (half an observation added to each cell: per (domain, gold label) the
+    predicted labels seen plus the gold one for classification, else per domain right and
+    wrong). At large n this is the stratified bootstrap; at small n a domain whose outputs all
+    agree (all wrong, one label for everything) still carries the uncertainty of its few
+    examples instead of an interval of zero width. The smoothing pulls the replicates towards
+    the middle, so the interval is their spread around their median placed at the observed
+    score (clipped to [0, 1]): it always holds the score. QA token F1 resamples examples within
+    each domain."""
     rng = np.random.default_rng(seed)
+    if t.task == "classification":
+        strata = []
+        for members in t.members:
+            for g in np.unique(t.gold[members]):
+                pos = members[t.gold[members] == g]
+                cells, counts = np.unique(np.append(t.pred[pos], g), return_counts=True)
+                counts[cells == g] -= 1  # the gold cell is in the prior, not the data
+                strata.append((pos, cells, counts + 0.5))
     draws: dict[str, list[float]] = {}
     for _ in range(n):
-        idx = [m[rng.integers(0, len(m), len(m))] for m in t.members]
-        for k, v in t.macro(idx).items():
+        rep = copy.copy(t)
+        if t.task == "classification":
+            rep.pred = t.pred.copy()
+            for pos, cells, alpha in strata:
+                drawn = rng.multinomial(len(pos), alpha / alpha.sum())
+                rep.pred[pos] = np.repeat(cells, drawn)
+            rep.correct = (rep.pred == t.gold).astype(float)
+        else:
+            rep.correct = np.zeros_like(t.correct)
+            for members in t.members:
+                k = t.correct[members].sum()
+                hits = rng.binomial(len(members), (k + 0.5) / (len(members) + 1))
+                rep.correct[members[:hits]] = 1.0
+        if t.tf1 is not None:
+            rep.tf1 = t.tf1.copy()
+            for members in t.members:
+                rep.tf1[members] = t.tf1[members[rng.integers(0, len(members), len(members))]]
+        for k, v in rep.macro(t.members).items():
             draws.setdefault(k, []).append(v)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in draws.items()}
+    observed = t.macro(t.members)
+    out = {}
+    for k, v in draws.items():  # the replicates' spread around their median, placed at the score
+        lo, mid, hi = np.percentile(v, [(1 - level) / 2 * 100, 50, (1 + level) / 2 * 100])
+        out[k] = [float(max(0.0, observed[k] - (mid - lo))), float(min(1.0, observed[k] + (hi - mid)))]
+    return out
 
 
 def cap_per_domain(dataset: DomainDataset, limit: int | None) -> list[DomainExample]:

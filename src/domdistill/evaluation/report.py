@@ -155,8 +155,9 @@ def score_metric(runs: Sequence[Run]) -> str:
 
 
 def interval(run: Run, block: str, metric: str) -> tuple[float, float] | None:
-    """A confidence interval for an aggregate: the run's own bootstrap (``<block>_ci``) if it has
-    one, else for a proportion a normal approximation from per-domain counts."""
+    """A confidence interval for an aggregate: the run's own (``<block>_ci``) if it has one, else
+    for a proportion the Wilson interval (micro) or a normal approximation over domains whose
+    per-domain variances use Jeffreys-smoothed shares, so that no interval has zero width."""
     own = run.metrics.get(f"{block}_ci", {}).get(metric)
     if own:
         return float(own[0]), float(own[1])
@@ -166,17 +167,22 @@ def interval(run: Run, block: str, metric: str) -> tuple[float, float] | None:
     if block == "micro":
         n = sum(int(m.get("n", 0)) for m in per.values())
         p = run.metrics["micro"].get(metric)
-        if not n or p is None:
-            return None
-        se = math.sqrt(p * (1 - p) / n)
-    else:
-        doms = list(per) if block == "macro" else run.metrics.get(block, {}).get("domains", [])
-        doms = [d for d in doms if d in per and per[d].get("n") and metric in per[d]]
-        if not doms:
-            return None
-        p = sum(per[d][metric] for d in doms) / len(doms)
-        se = math.sqrt(sum(per[d][metric] * (1 - per[d][metric]) / per[d]["n"] for d in doms)) / len(doms)
+        return None if not n or p is None else wilson(p, n)
+    doms = list(per) if block == "macro" else run.metrics.get(block, {}).get("domains", [])
+    doms = [d for d in doms if d in per and per[d].get("n") and metric in per[d]]
+    if not doms:
+        return None
+    p = sum(per[d][metric] for d in doms) / len(doms)
+    smoothed = {d: (per[d][metric] * per[d]["n"] + 0.5) / (per[d]["n"] + 1) for d in doms}
+    se = math.sqrt(sum(q * (1 - q) / per[d]["n"] for d, q in smoothed.items())) / len(doms)
     return max(0.0, p - 1.96 * se), min(1.0, p + 1.96 * se)
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a share ``p`` of ``n`` trials (never of zero width)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _score(block: dict[str, Any], metric: str) -> str:
@@ -184,6 +190,13 @@ def _score(block: dict[str, Any], metric: str) -> str:
     text = _fmt(block.get(metric))
     ratio = block.get("ppl_ratio")
     return f"{text} ({ratio:.2f}x)" if metric == "perplexity" and isinstance(ratio, (int, float)) else text
+
+
+def _no_answer(block: dict[str, Any]) -> str:
+    """`` (40% no answer)`` beside a domain's score when a tenth or more of its outputs hold no
+    parsable answer."""
+    share = block.get("no_answer")
+    return f" ({share:.0%} no answer)" if isinstance(share, (int, float)) and share >= 0.1 else ""
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -302,9 +315,10 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
                *(["teacher calls (spent / limit)"] if with_budget else [])], rows)
     notes = []
     if any_ci:
-        notes.append(f"Brackets: {ci_level:.0%} confidence intervals; a run's own bootstrap interval "
-                     "where results.json has one (macro), otherwise a normal approximation from "
-                     "per-domain counts.")
+        notes.append(f"Brackets: {ci_level:.0%} intervals; a run's own where results.json has one "
+                     "(macro: replicates of the test set with each domain's outcomes drawn from "
+                     "Jeffreys-smoothed shares), otherwise Wilson (micro) or a normal "
+                     "approximation from per-domain counts.")
     if metric == "perplexity":
         notes.append("Perplexity: lower is better; (x) is the student's perplexity divided by the "
                      "teacher's where the run measured both.")
@@ -313,9 +327,11 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
     warned = [r for r in runs if r.results.get("warnings")]
     if warned:
         doc.h(2, "Warnings")
-        doc.p("These runs finished with teacher calls that failed or could not be used; their "
-              "scores rest on fewer training examples than planned (`domdistill ledger RUN` lists "
-              "the calls and why each was or was not charged).")
+        doc.p("These runs finished with teacher calls that failed or could not be used (their "
+              "scores rest on fewer training examples than planned; `domdistill ledger RUN` lists "
+              "the calls and why each was or was not charged), or with student outputs that hold "
+              "no parsable answer or give one answer to most inputs (the run's "
+              "`predictions.jsonl` keeps every output).")
         doc.table(["run", "warning"], [[r.label, w] for r in warned for w in r.results["warnings"]])
     doc.h(2, f"Per-domain {metric}")
     first = runs[0]
@@ -325,7 +341,8 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
     doc.table(["domain", "pool", "test n", "split", *[r.label for r in runs]],
               [[d, str(counts.get(d, "-")), str(first.per_domain.get(d, {}).get("n", "-")),
                 "tail" if d in tail else "head",
-                *[_score(r.per_domain.get(d, {}), metric) for r in runs]] for d in domains])
+                *[_score(r.per_domain.get(d, {}), metric) + _no_answer(r.per_domain.get(d, {}))
+                  for r in runs]] for d in domains])
     if figures:
         doc.h(2, "Figures")
     for path, title, caption in figures:

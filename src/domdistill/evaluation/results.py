@@ -105,7 +105,7 @@ def read_results(path: str | Path) -> dict[str, Any]:
         blocks[f"metrics.per_domain.{domain}"] = _expect(block, dict, p, f"metrics.per_domain.{domain}")
     for where, block in blocks.items():
         for name, value in block.items():
-            _expect(value, (int, float, list, type(None)), p, f"{where}.{name}")
+            _expect(value, (int, float, list, str, type(None)), p, f"{where}.{name}")
     for key, kind in (("budget", (dict, type(None))), ("history", list), ("dataset", dict),
                       ("head_domains", list), ("tail_domains", list), ("warnings", list)):
         if key in data:

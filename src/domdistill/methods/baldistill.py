@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from domdistill.config import RunConfig
+from domdistill.data.domains import HEAD_TAIL_RULE, report_head_tail
 from domdistill.data.example import DomainExample
 from domdistill.data.quotas import Policy, StagePlan, plan_stage, stage_budgets
 from domdistill.errors import TeacherError
@@ -100,14 +101,6 @@ def select_head(plan: StagePlan, pool: dict[str, list[DomainExample]], recipe: R
         else:
             chosen[d] = rng.sample(exs, q)
     return chosen
-
-
-def report_head_tail(counts: dict[str, int]) -> tuple[list[str], list[str]]:
-    """Head/tail for reporting, the same for every method: a domain is tail when it is smaller
-    than the mean domain (random sampling gives it less than a balanced share)."""
-    mean = sum(counts.values()) / max(len(counts), 1)
-    head = [d for d, n in counts.items() if n >= mean]
-    return head, [d for d in counts if d not in head]
 
 
 def stage_plan(recipe: Recipe, cfg: RunConfig, stage: int, stages: int, budget: int,
@@ -198,6 +191,7 @@ class BalDistillRun:
 
     def _run_stage(self, stage: int, budget: int, n_stages: int, state: State, annotator) -> None:
         """Select, annotate, retrain, evaluate; records everything in ``state``."""
+        from domdistill.evaluation.metrics import cap_per_domain
         from domdistill.methods.students import evaluate_student, train_student
 
         clock = {"start": time.time()}
@@ -235,11 +229,12 @@ class BalDistillRun:
                                with_rationale=self.recipe.rationale, new_examples=new,
                                progress=self.progress)
         clock["train"] = time.time()
-        say(f"stage {stage}/{n_stages}: evaluating on {len(self.task.test)} test examples"
-            + (f" (at most {self.cfg.evaluation.max_per_domain} per domain)"
-               if self.cfg.evaluation.max_per_domain else ""))
+        cap = self.cfg.evaluation.max_per_domain
+        say(f"stage {stage}/{n_stages}: evaluating on "
+            f"{len(cap_per_domain(self.task.test, cap))} test examples"
+            + (f" (at most {cap} per domain)" if cap else ""))
         metrics = evaluate_student(self.cfg, self.task, student_dir, self.head_tail,
-                                   progress=self.progress)
+                                   progress=self.progress, predictions_path=self.dir.predictions)
         clock["eval"] = time.time()
         steps = ["start", "select", "teacher", "train", "eval"]
         seconds = {k: round(clock[k] - clock[p], 2) for p, k in zip(steps, steps[1:])}
@@ -264,7 +259,7 @@ class BalDistillRun:
             metrics = state.stages[-1]["metrics"]
         else:  # zero-shot: the untrained student
             metrics = evaluate_student(self.cfg, self.task, None, self.head_tail,
-                                       progress=self.progress)
+                                       progress=self.progress, predictions_path=self.dir.predictions)
         budget = None
         if self.recipe.rationale and self.recipe.train:
             from domdistill.methods.annotate import ledger_spend
@@ -280,7 +275,8 @@ class BalDistillRun:
                    for i, s in enumerate(state.stages)]
         return write_results(self.dir.results, self.cfg.method.name, metrics,
                              wall_seconds=wall_seconds, budget=budget, history=history,
-                             warnings=teacher_warnings(budget, self.cfg.teacher.top_logprobs),
+                             warnings=teacher_warnings(budget, self.cfg.teacher.top_logprobs)
+                             + metrics.get("warnings", []),
                              dataset={"name": self.task.name, "pool": len(self.task.pool),
                                       "test": len(self.task.test), "domains": len(self.original),
                                       "domain_counts": self.original,
@@ -288,4 +284,5 @@ class BalDistillRun:
                              student={"model": self.cfg.student.model, "lora": self.cfg.student.lora},
                              teacher={"kind": self.cfg.teacher.kind, "model": self.cfg.teacher.model},
                              answer_filter=self.cfg.method.answer_filter,
-                             head_domains=self.head_tail[0], tail_domains=self.head_tail[1])
+                             head_domains=self.head_tail[0], tail_domains=self.head_tail[1],
+                             head_tail_rule=f"{HEAD_TAIL_RULE} of the training pool")

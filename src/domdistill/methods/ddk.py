@@ -32,6 +32,7 @@ from typing import Any
 
 from domdistill import distributed as dist
 from domdistill.config import RunConfig
+from domdistill.data.domains import HEAD_TAIL_RULE, report_head_tail
 from domdistill.evaluation.plots import domain_weight_lines
 from domdistill.evaluation.tracking import Tracker, metric_scalars
 from domdistill.io import atomic_write_json
@@ -267,8 +268,6 @@ class DDKRun:
             losses = text_losses(student, tok, items, self.max_len, self.cfg.evaluation.batch_size)
             student_losses[d] = (sum(x for x, _ in losses), sum(t for _, t in losses), len(items))
         teacher_ppl = self._teacher_ppl(teacher, tok, texts, "test")
-        from domdistill.methods.baldistill import report_head_tail
-
         return parts.ppl_metrics(student_losses, teacher_ppl, report_head_tail(self.task.pool.counts()))
 
     def _results(self, metrics, state, train_counts, val_counts, wall) -> dict[str, Any]:
@@ -289,7 +288,8 @@ class DDKRun:
                       "gamma": cfg.method.gamma if self.uses_kd else 0.0,
                       "interval_steps": cfg.method.interval_steps,
                       "teacher_logits": cfg.method.teacher_logits if self.uses_kd else None},
-            head_domains=metrics["head"]["domains"], tail_domains=metrics["tail"]["domains"])
+            head_domains=metrics["head"]["domains"], tail_domains=metrics["tail"]["domains"],
+            head_tail_rule=f"{HEAD_TAIL_RULE} of the training pool")
 
 
 def run_ddk(cfg: RunConfig, run_dir: RunDir, task: Task, progress: bool = True) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domdistill.config import RunConfig
@@ -12,6 +12,7 @@ from domdistill.methods.task import Task
 
 CHARS_PER_TOKEN = 4.0  # rough English average, for estimates only
 PROMPT_OVERHEAD_TOKENS = 60  # instruction, CoT trigger and answer-format text around the input
+ANSWER_SAMPLES = 300  # training answers measured against the generation limits
 
 
 @dataclass
@@ -25,13 +26,16 @@ class RunPlan:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    coverage: list[dict[str, Any]] | None = None  # recorded teachers: domains it cannot serve in full
+    answer_samples: list[str] = field(default_factory=list, repr=False)  # completions to measure
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "stages": [s.to_dict() for s in self.stages],
                 "expected_calls": self.calls, "synthetic_examples": self.synthetic,
                 "estimated_prompt_tokens": self.prompt_tokens,
                 "estimated_completion_tokens": self.completion_tokens,
-                "estimated_cost": round(self.cost, 4)}
+                "estimated_cost": round(self.cost, 4),
+                **({"recorded_shortfalls": self.coverage} if self.coverage is not None else {})}
 
 
 def plan_baldistill(cfg: RunConfig, task: Task) -> RunPlan:
@@ -52,4 +56,37 @@ def plan_baldistill(cfg: RunConfig, task: Task) -> RunPlan:
     completion_tokens = calls * cfg.teacher.max_tokens
     cost = (prompt_tokens * cfg.teacher.price_per_1k_input
             + completion_tokens * cfg.teacher.price_per_1k_output) / 1000
-    return RunPlan(cfg.method.name, stages, calls, synthetic, prompt_tokens, completion_tokens, cost)
+    coverage, samples = None, [ex for ex in task.pool if ex.rationale][:ANSWER_SAMPLES]
+    if cfg.teacher.kind == "recorded" and recipe.rationale and stages:
+        from domdistill.teachers import make_teacher
+
+        teacher = make_teacher(cfg.teacher, real=task.pool)
+        coverage = recorded_shortfalls(teacher, task, stages, recipe.tail == "synthesize")
+        samples = [replace(ex, rationale=teacher.rationale_by_key[teacher.match_key(ex.input)][0])
+                   for ex in task.pool if teacher.has_rationale(ex.input)][:ANSWER_SAMPLES]
+    answers = [task.template.completion(ex.rationale, ex.answer) for ex in samples]
+    return RunPlan(cfg.method.name, stages, calls, synthetic, prompt_tokens, completion_tokens, cost,
+                   coverage, answers if recipe.rationale else [])
+
+
+def recorded_shortfalls(teacher: Any, task: Task, stages: list[StagePlan], synthesize: bool
+                        ) -> list[dict[str, Any]]:
+    """The domains a recorded teacher cannot serve in full, one row each: pool inputs with a
+    recorded rationale against the rationale calls planned, recorded synthetic examples against
+    those planned, and how many requests are expected to find no record. Such a request fails
+    (it is not charged); a stage where more than ``teacher.max_failure_rate`` of the requests
+    fail stops the run (exit 2, resumable), else the run finishes with fewer examples and says so."""
+    rows = []
+    for domain, pool in task.pool.by_domain.items():
+        recorded = sum(teacher.has_rationale(ex.input) for ex in pool)
+        calls = sum(s.real.get(domain, 0) for s in stages)
+        wanted = sum(s.shortfall.get(domain, 0) for s in stages) if synthesize else 0
+        have = len(teacher.synthetic.get(domain, []))
+        # selection does not know the records: a chosen input lacks one with the pool's odds
+        missing = round(calls * (1 - recorded / len(pool))) if pool else calls
+        missing += max(0, wanted - have)
+        if missing:
+            rows.append({"domain": domain, "pool": len(pool), "with_rationale": recorded,
+                         "rationale_calls": calls, "synthetic_recorded": have,
+                         "synthetic_planned": wanted, "expected_without_record": missing})
+    return rows

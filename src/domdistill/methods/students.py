@@ -44,10 +44,13 @@ def student_tokenizer(cfg: RunConfig, run_dir: RunDir | None, task: Task) -> Any
     return prepare_tokenizer(tokenizer)
 
 
-def check_student_format(cfg: RunConfig, task: Task, tokenizer: Any = None) -> dict[str, Any]:
+def check_student_format(cfg: RunConfig, task: Task, tokenizer: Any = None,
+                         training_answers: list[str] | None = None) -> dict[str, Any]:
     """Before anything is paid: the prompts and answers fit the student. Refuses a
     ``max_seq_len`` whose prompts cannot hold the instruction and label set, a
-    ``max_new_tokens`` that cannot hold the answer line; reports how many inputs will be cut."""
+    ``max_new_tokens`` that cannot hold the answer line; reports how many inputs will be cut
+    and, given sample ``training_answers`` (rationale and answer line), their lengths in tokens
+    against ``evaluation.max_new_tokens`` and ``method.score_max_new_tokens``."""
     tok = tokenizer if tokenizer is not None else student_tokenizer(cfg, None, task)
     template = task.template
     template.room_for_input(tok)
@@ -65,7 +68,18 @@ def check_student_format(cfg: RunConfig, task: Task, tokenizer: Any = None) -> d
                           f"student's {positions} positions", field="training.max_seq_len")
     texts = [ex.input for ex in list(task.pool) + list(task.test)]
     cut = sum(template.fit(tok, text)[1] for text in texts)
-    return {"inputs": len(texts), "cut": cut, "max_prompt_tokens": template.max_prompt_tokens}
+    out: dict[str, Any] = {"inputs": len(texts), "cut": cut,
+                           "max_prompt_tokens": template.max_prompt_tokens}
+    if training_answers:
+        lengths = sorted(len(tok(a, add_special_tokens=False)["input_ids"]) + 1
+                         for a in training_answers)
+        limits = {"evaluation.max_new_tokens": cfg.evaluation.max_new_tokens,
+                  "method.score_max_new_tokens": cfg.method.score_max_new_tokens}
+        out["answers"] = {"measured": len(lengths), "median_tokens": lengths[len(lengths) // 2],
+                          "p95_tokens": lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))],
+                          "longer_than": {k: sum(n > v for n in lengths) / len(lengths)
+                                          for k, v in limits.items()}}
+    return out
 
 
 def _max_positions(cfg: RunConfig) -> int | None:

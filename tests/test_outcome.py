@@ -1,0 +1,134 @@
+"""What a finished run tells its user, through the real CLI: the outputs kept in
+``predictions.jsonl``, the share without a parsable answer and the most frequent answer per
+domain, warnings when the student gave no answer or one answer to most inputs, and a label set
+with commas given to ``eval`` through a file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_run_folders import BASE, ENV, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "domdistill.cli", *map(str, args)], cwd=cwd,
+                          env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("outcome")
+    config = write_config(root / "run.yaml", method={"budget": 28, "stages": 2})
+    proc = cli("run", config, "--out", root / "run")
+    assert proc.returncode == 0, proc.stderr
+    return root / "run", proc
+
+
+def test_the_run_keeps_its_outputs_and_says_what_they_look_like(finished_run) -> None:
+    folder, proc = finished_run
+    results = json.loads((folder / "results.json").read_text())
+    metrics = results["metrics"]
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["n"] and {"id", "domain", "gold", "pred", "output"} <= set(rows[0])
+    for domain, block in metrics["per_domain"].items():
+        mine = [r for r in rows if r["domain"] == domain]
+        assert len(mine) == block["n"]
+        assert block["no_answer"] == sum(r["pred"] is None for r in mine) / len(mine)
+        answers = Counter(r["pred"] if r["pred"] is not None else "<no answer>" for r in mine)
+        assert block["top_prediction_share"] == max(answers.values()) / len(mine)
+        assert answers[block["top_prediction"]] == max(answers.values())
+    assert metrics["no_answer"] == sum(r["pred"] is None for r in rows) / len(rows)
+    # every warning of results.json reaches the terminal, the output ones pointing at the file
+    output_warnings = [w for w in results.get("warnings", []) if "predictions.jsonl" in w]
+    assert output_warnings == metrics["warnings"]
+    for w in results.get("warnings", []):
+        assert w[:60] in proc.stderr.replace("\n", " ")
+    assert "evaluating on" in proc.stderr and "training the student on" in proc.stderr
+    # head/tail by the shared rule on the training pool, named in the results and the table
+    counts = results["dataset"]["domain_counts"]
+    mean = sum(counts.values()) / len(counts)
+    assert sorted(results["head_domains"]) == sorted(d for d, n in counts.items() if n >= mean)
+    assert results["head_tail_rule"] == "tail: domains smaller than the mean domain of the training pool"
+    assert "smaller than the mean domain" in proc.stdout
+
+
+def test_intervals_of_a_small_run_have_width(finished_run) -> None:
+    folder, _ = finished_run
+    metrics = json.loads((folder / "results.json").read_text())["metrics"]
+    for name, (lo, hi) in metrics["macro_ci"].items():
+        assert lo <= metrics["macro"][name] <= hi and hi > lo, name
+
+
+def test_eval_takes_a_label_set_with_commas_from_a_file(finished_run, tmp_path) -> None:
+    folder, _ = finished_run
+    labels = ["pathological conditions, signs and symptoms", "neoplasms", "viral diseases"]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"domain": lbl, "input": f"an abstract about {lbl} {i}",
+                                        "answer": lbl}) + "\n" for lbl in labels for i in range(2)))
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n\n")
+    student = folder / "students" / "stage-2"
+    common = ("eval", "--model", student, "--data", data, "--task", "classification",
+              "--bootstrap", "20", "--no-perplexity", "--max-new-tokens", "8", "--no-progress")
+    split = cli(*common, "--labels", ",".join(labels), "--out", tmp_path / "a.json")
+    assert split.returncode == 2 and "not in the label set" in split.stderr
+    assert not (tmp_path / "a.json").exists()
+    proc = cli(*common, "--labels-file", tmp_path / "labels.txt", "--out", tmp_path / "b.json",
+               "--predictions", tmp_path / "p.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads((tmp_path / "b.json").read_text())["metrics"]
+    assert set(out["per_domain"]) == set(labels)
+    assert "no answer" in proc.stdout and "most frequent answer" in proc.stdout
+    written = json.loads((tmp_path / "b.json").read_text())
+    assert written["head_tail_rule"] == "tail: domains smaller than the mean domain of the test set"
+    assert sorted(written["head_domains"]) == sorted(labels)  # equal sizes: none is smaller
+    both = cli(*common, "--labels", "a", "--labels-file", tmp_path / "labels.txt")
+    assert both.returncode == 2 and "--labels or --labels-file" in both.stderr
+
+
+def test_dry_run_says_what_a_recorded_teacher_cannot_serve_and_how_long_answers_are(tmp_path):
+    words = " ".join(f"step{i}" for i in range(60))
+    pool = {"big": 12, "mid": 6, "small": 2}
+    rows = [{"domain": d, "input": f"a {d} document number {i} about {d}", "answer": d}
+            for d, n in pool.items() for i in range(n)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(
+        {"domain": d, "input": f"held-out {d} text", "answer": d}) + "\n" for d in pool))
+    recorded = [{"label": r["answer"], "text": r["input"], "rationale": f"{words} so {r['answer']}",
+                 "prediction": r["answer"]} for r in rows
+                if not r["input"].startswith(("a big document number 0 ", "a big document number 1 "))]
+    recorded.append({"gt_choice": "small", "text": "a new small document", "rationale": words,
+                     "prediction": "small", "source": "small"})
+    (tmp_path / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recorded))
+    config = write_config(
+        tmp_path / "run.yaml", data={"path": "pool.jsonl", "test_path": "test.jsonl",
+                                     "task": "classification"},
+        teacher={"kind": "recorded", "recorded_paths": ["teacher.jsonl"]},
+        method={"budget": 18, "stages": 2}, evaluation={"max_new_tokens": 40},
+        training={"max_seq_len": 160})
+    proc = cli("run", config, "--dry-run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    short = {r["domain"]: r for r in plan["recorded_shortfalls"]}
+    assert "mid" not in short  # every mid input has its rationale
+    assert short["small"]["synthetic_recorded"] == 1
+    assert short["small"]["synthetic_planned"] > 1
+    big = short["big"]
+    assert big["with_rationale"] == big["pool"] - 2 and big["expected_without_record"] >= 1
+    answers = plan["prompts"]["answers"]
+    assert answers["measured"] == len(recorded) - 1 and answers["median_tokens"] > 40
+    assert answers["longer_than"]["evaluation.max_new_tokens"] == 1.0
+    text = cli("run", config, "--dry-run", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "domains it cannot serve in full" in text.stdout and "will find no record" in text.stdout
+    assert "longer than evaluation.max_new_tokens (40)" in text.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.jsonl", "run.yaml", "teacher.jsonl",
+                                                          "test.jsonl"]
