@@ -83,7 +83,9 @@ def clean(tmp_path_factory) -> dict:
     with ProgramServer(api_key=SECRET) as srv:
         proc = cli(tmp, srv.base_url, "clean")
         requests = srv.requests
-    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-3000:]
+    # The toy student answers nothing parsable (an output warning); no warning may be about the teacher.
+    teacher_warnings = [ln for ln in proc.stderr.split("warning:")[1:] if "teacher" in ln]
+    assert proc.returncode == 0 and not teacher_warnings, proc.stderr[-3000:]
     return {"results": json.loads((tmp / "clean" / "results.json").read_text()),
             "requests": requests}
 
@@ -148,7 +150,7 @@ def test_server_killed_and_left_down_then_resumed_loses_nothing_and_pays_nothing
     got = json.loads((tmp_path / "run" / "results.json").read_text())
     assert got["metrics"] == clean["results"]["metrics"]
     assert got["budget"]["spent"] == clean["results"]["budget"]["spent"]
-    assert got["budget"]["failed"] == 0 and got["warnings"] == []
+    assert got["budget"]["failed"] == 0 and got["warnings"] == clean["results"]["warnings"]
     after = ledger(tmp_path / "run")
     assert after["spent"] == after["charged"] == after["delivered"] == got["budget"]["spent"]
     # every request the server saw beyond the clean run's count was one it had not answered
