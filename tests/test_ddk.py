@@ -3,6 +3,8 @@ from the measured perplexities, the cached teacher perplexities, fixed-mixture b
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -33,8 +35,24 @@ def teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ddk_run(teacher, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddk") / "run"
-    run_config(ddk_config(teacher, out, "ddk", steps=20, tracking=["tensorboard"]), progress=False)
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        run_config(ddk_config(teacher, out, "ddk", steps=20, tracking=["tensorboard"]), progress=False)
+    (out.parent / "stderr.txt").write_text(log.getvalue())
     return out
+
+
+def test_a_ddk_run_says_each_phase_and_times_it(ddk_run):
+    log = (ddk_run.parent / "stderr.txt").read_text()
+    for phase in ("ddk: loading the models", "ddk: teacher perplexity on",
+                  "ddk: training 20 steps", "ddk: step 5/20: validation perplexity, domain weights "
+                  "updated", "ddk: step 20/20", "ddk: evaluating: test perplexity on"):
+        assert phase in log, log
+    res = json.loads((ddk_run / "results.json").read_text())
+    phases = res["phase_seconds"]
+    assert list(phases) == ["load", "teacher_perplexity", "train", "evaluate"]
+    assert phases["train"] > 0 and phases["evaluate"] > 0
+    assert sum(phases.values()) <= res["wall_seconds"] + 0.01
 
 
 def _close(a: dict, b: dict, tol: float = 1e-9) -> None:

@@ -17,18 +17,20 @@ import yaml
 from test_run_folders import BASE, ENV, write_config
 
 REPO = Path(__file__).resolve().parents[1]
+# as a user's shell has it: the libraries' progress bars are not switched off beforehand
+USER_ENV = {k: v for k, v in ENV.items() if "PROGRESS_BARS" not in k}
 
 
-def cli(*args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def cli(*args, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "domdistill.cli", *map(str, args)], cwd=cwd,
-                          env=ENV, capture_output=True, text=True, timeout=600)
+                          env=env or ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("outcome")
     config = write_config(root / "run.yaml", method={"budget": 28, "stages": 2})
-    proc = cli("run", config, "--out", root / "run")
+    proc = cli("run", config, "--out", root / "run", env=USER_ENV)
     assert proc.returncode == 0, proc.stderr
     return root / "run", proc
 
@@ -59,6 +61,27 @@ def test_the_run_keeps_its_outputs_and_says_what_they_look_like(finished_run) ->
     assert sorted(results["head_domains"]) == sorted(d for d, n in counts.items() if n >= mean)
     assert results["head_tail_rule"] == "tail: domains smaller than the mean domain of the training pool"
     assert "smaller than the mean domain" in proc.stdout
+
+
+def test_a_log_gets_phase_lines_and_per_phase_seconds_not_library_bars(finished_run) -> None:
+    folder, proc = finished_run
+    results = json.loads((folder / "results.json").read_text())
+    for stage in (1, 2):
+        assert f"stage {stage}/2: training the student on" in proc.stderr
+        assert f"stage {stage}/2: evaluating on" in proc.stderr
+    phases = results["phase_seconds"]
+    assert set(phases) == {"select", "teacher", "train", "eval"}
+    assert phases["train"] > 0 and phases["eval"] > 0
+    assert phases["train"] == pytest.approx(sum(h["seconds"]["train"] for h in results["history"]),
+                                            abs=0.05)
+    assert sum(phases.values()) <= results["wall_seconds"]
+    # the same stderr pipe shows transformers' bar when a plain script loads a saved student
+    student = next(p for p in folder.rglob("config.json") if "stage-2" in str(p)).parent
+    plain = subprocess.run([sys.executable, "-c", "import sys; from transformers import "
+                            "AutoModelForCausalLM as M; M.from_pretrained(sys.argv[1])",
+                            str(student)], env=USER_ENV, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and "Loading weights" in plain.stderr, plain.stderr[-2000:]
+    assert "Loading weights" not in proc.stderr and "Writing model shards" not in proc.stderr
 
 
 def test_intervals_of_a_small_run_have_width(finished_run) -> None:
@@ -132,3 +155,40 @@ def test_dry_run_says_what_a_recorded_teacher_cannot_serve_and_how_long_answers_
     assert "longer than evaluation.max_new_tokens (40)" in text.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.jsonl", "run.yaml", "teacher.jsonl",
                                                           "test.jsonl"]
+
+
+def test_dry_run_estimates_the_students_work_and_with_a_probe_its_seconds(tmp_path) -> None:
+    config = write_config(tmp_path / "run.yaml", method={"budget": 28, "stages": 2})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    plain = cli("run", config, "--dry-run", "--json", cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    plan = json.loads(plain.stdout)
+    rows = plan["student_compute"]
+    quotas = [sum(s["quotas"].values()) for s in plan["stages"]]
+    # each stage retrains on everything so far: real inputs plus the tail's synthetic examples
+    assert [r["train_examples"] for r in rows] == [quotas[0], quotas[0] + quotas[1]]
+    training = BASE["training"]
+    for r in rows:
+        steps = -(-training["epochs"] * r["train_examples"] // training["batch_size"])
+        assert r["train_steps"] == steps
+        assert 0 < r["train_tokens"] <= steps * training["batch_size"] * training["max_seq_len"]
+    assert rows[0]["scoring_generations"] == 0 < rows[1]["scoring_generations"]
+    assert rows[0]["evaluation_generations"] == rows[1]["evaluation_generations"] > 0
+    assert "probe_seconds" not in plan and "seconds" not in rows[0]
+
+    probed = cli("run", config, "--dry-run", "--probe", "--json", cwd=tmp_path)
+    assert probed.returncode == 0, probed.stderr
+    measured = json.loads(probed.stdout)
+    probe = measured["probe_seconds"]
+    assert probe["train_step"] > 0 and probe["prefill"] > 0 and probe["decode_step"] >= 0
+    for r in measured["student_compute"]:
+        s = r["seconds"]
+        assert s["train"] > 0 and s["evaluate"] > 0
+        assert s["total"] == pytest.approx(s["train"] + s["score"] + s["evaluate"], abs=0.02)
+    assert measured["student_compute"][1]["seconds"]["score"] > 0
+
+    text = cli("run", config, "--dry-run", "--probe", cwd=tmp_path)
+    assert text.returncode == 0 and "student compute on this machine: about" in text.stdout
+    alone = cli("run", config, "--probe", cwd=tmp_path)
+    assert alone.returncode == 2 and "--dry-run" in alone.stderr and "Traceback" not in alone.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

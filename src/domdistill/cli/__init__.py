@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sqlite3
 import sys
@@ -52,6 +53,7 @@ def main() -> None:
     """Console entry point: every failure a user can cause prints one ``error:`` line (no
     traceback) and exits 2; Ctrl-C exits 130."""
     signal.signal(signal.SIGINT, _on_sigint)
+    quiet_library_bars()
     try:
         app()
     except DomDistillError as e:
@@ -72,6 +74,15 @@ def main() -> None:
         raise
     except RecursionError:
         fail("the input is nested too deeply to read")
+
+
+def quiet_library_bars() -> None:
+    """Off a terminal, silence the Hugging Face libraries' progress bars ("Loading weights",
+    "Writing model shards", dataset maps): in a log they are noise around the phase lines. Set
+    before transformers, datasets or the hub client are imported (they read it on import)."""
+    if not sys.stderr.isatty():
+        for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(name, "1")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

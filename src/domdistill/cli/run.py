@@ -27,11 +27,16 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder"),
     resume: bool = typer.Option(False, "--resume", help="Continue a crashed or stopped run"),
     as_json: bool = typer.Option(False, "--json", help="Print the plan or results as JSON"),
+    probe: bool = typer.Option(False, "--probe", help="With --dry-run: load the student and time "
+                               "one training step and two generation batches on this machine, "
+                               "to estimate each stage's seconds"),
 ) -> None:
     """Run a method (BalDistill, DDK or a baseline) as the config says."""
     cfg = load_config(config, parse_overrides(set_))
+    if probe and not dry_run:
+        raise typer.BadParameter("--probe estimates a planned run; use it with --dry-run")
     if dry_run:
-        show_plan(cfg, as_json)
+        show_plan(cfg, as_json, probe=probe)
         return
     from domdistill import distributed as dist
     from domdistill.methods import run_config
@@ -59,8 +64,9 @@ def print_warnings(results: dict[str, Any], folder: Any) -> None:
         err_console.print(f"{redact(w)}{hint}", highlight=False, markup=False, soft_wrap=True)
 
 
-def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
-    """The dry-run: quotas per stage and domain, head/tail, expected calls, tokens and cost."""
+def show_plan(cfg: RunConfig, as_json: bool = False, probe: bool = False) -> None:
+    """The dry-run: quotas per stage and domain, head/tail, expected calls, tokens and cost, and
+    the student's work per stage (seconds too with ``probe``)."""
     from domdistill.methods import DDK_FAMILY
     from domdistill.methods.plan import plan_baldistill
     from domdistill.methods.task import task_for_run
@@ -68,13 +74,19 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
     if cfg.method.name in DDK_FAMILY:
         raise typer.BadParameter(f"--dry-run plans teacher calls; {cfg.method.name} makes none")
     from domdistill.methods import check_models
-    from domdistill.methods.students import check_student_format
+    from domdistill.methods.compute import estimate_student_compute
+    from domdistill.methods.students import check_student_format, student_tokenizer
 
     task = task_for_run(cfg)
     check_models(cfg)
     plan = plan_baldistill(cfg, task)
+    tokenizer = student_tokenizer(cfg, None, task)
     # refuses lengths that cannot hold the answer line; measures the training answers
-    fit = check_student_format(cfg, task, training_answers=plan.answer_samples)
+    fit = check_student_format(cfg, task, tokenizer, training_answers=plan.answer_samples)
+    if probe and not as_json:
+        console.print("probe: loading the student and timing one training step and two "
+                      "generation batches ...")
+    estimate_student_compute(cfg, task, plan, tokenizer, probe=probe)
     if as_json:
         print(json.dumps({**plan.to_dict(), "prompts": fit}, indent=2))
         return
@@ -102,9 +114,36 @@ def show_plan(cfg: RunConfig, as_json: bool = False) -> None:
                           f"evaluation.max_new_tokens ({cfg.evaluation.max_new_tokens}): a "
                           "student that learns to write like them is stopped before its answer "
                           "line; raise it", soft_wrap=True)
+    show_compute(plan.compute, plan.probe)
     if plan.coverage is not None:
         show_recorded_shortfalls(plan.coverage, cfg.teacher.max_failure_rate)
     console.print("dry run: no teacher was called and nothing was written.")
+
+
+def show_compute(rows: list[dict[str, Any]], probe: dict[str, float] | None) -> None:
+    """The dry run's table of the student's work per stage (and seconds, when probed)."""
+    table = Table(title="the student's work per stage: training examples and tokens, inputs "
+                        "scored and evaluated" + ("; seconds from the probe" if probe else ""))
+    names = {"stage": "stage", "train_examples": "examples", "train_tokens": "tokens",
+             "scoring_generations": "scored", "evaluation_generations": "evaluated"}
+    for name in names.values():
+        table.add_column(name, justify="right", no_wrap=True)
+    if probe:
+        for name in ("train s", "score s", "eval s"):
+            table.add_column(name, justify="right", no_wrap=True)
+    for r in rows:
+        cells = [f"{r[k]:,}" for k in names]
+        if probe:
+            cells += [f"{r['seconds'][k]:,.0f}" for k in ("train", "score", "evaluate")]
+        table.add_row(*cells)
+    console.print(table)
+    if probe:
+        total = sum(r["seconds"]["total"] for r in rows)
+        console.print(f"student compute on this machine: about {total / 60:.0f} min "
+                      f"({total:,.0f} s; generation priced at its full length, an upper bound; "
+                      "teacher time not included)", soft_wrap=True)
+    else:
+        console.print("add --probe to time the student on this machine and estimate seconds")
 
 
 def show_recorded_shortfalls(rows: list[dict[str, Any]], max_failure_rate: float) -> None:

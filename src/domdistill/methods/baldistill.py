@@ -255,11 +255,16 @@ class BalDistillRun:
         from domdistill.evaluation.results import teacher_warnings, write_results
         from domdistill.methods.students import evaluate_student
 
+        phases = {k: round(sum(s.get("seconds", {}).get(k, 0.0) for s in state.stages), 2)
+                  for k in ("select", "teacher", "train", "eval")}
         if state.stages:
             metrics = state.stages[-1]["metrics"]
         else:  # zero-shot: the untrained student
+            say(f"evaluating the untrained student on {len(self.task.test)} test examples")
+            start = time.time()
             metrics = evaluate_student(self.cfg, self.task, None, self.head_tail,
                                        progress=self.progress, predictions_path=self.dir.predictions)
+            phases["eval"] = round(time.time() - start, 2)
         budget = None
         if self.recipe.rationale and self.recipe.train:
             from domdistill.methods.annotate import ledger_spend
@@ -274,7 +279,8 @@ class BalDistillRun:
                     "seconds": s.get("seconds", {})}
                    for i, s in enumerate(state.stages)]
         return write_results(self.dir.results, self.cfg.method.name, metrics,
-                             wall_seconds=wall_seconds, budget=budget, history=history,
+                             wall_seconds=wall_seconds, phase_seconds=phases, budget=budget,
+                             history=history,
                              warnings=teacher_warnings(budget, self.cfg.teacher.top_logprobs)
                              + metrics.get("warnings", []),
                              dataset={"name": self.task.name, "pool": len(self.task.pool),

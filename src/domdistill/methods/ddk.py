@@ -38,6 +38,7 @@ from domdistill.evaluation.tracking import Tracker, metric_scalars
 from domdistill.io import atomic_write_json
 from domdistill.methods import ddk_parts as parts
 from domdistill.methods.task import Task
+from domdistill.progress import say
 from domdistill.runs import RunDir
 from domdistill.training import checkpoints as ck
 
@@ -53,6 +54,10 @@ class DDKRun:
         self.ppl_cache = run_dir.root / "teacher_ppl.json"
         self.state_path = run_dir.root / "ddk_state.json"
         self.student_dir = run_dir.root / "student"
+
+    def _say(self, message: str) -> None:
+        if dist.is_main():  # one phase line per run, not one per process
+            say(f"{self.method}: {message}")
 
     # -- models ----------------------------------------------------------------------------
 
@@ -105,32 +110,45 @@ class DDKRun:
     # -- the recipe -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         start = time.time()
+        clock = {"start": start}
+        self._say("loading the models")
         student, tok, teacher = self._models()
+        clock["load"] = time.time()
         train, val = parts.split_validation(list(self.task.pool), self.cfg.method.val_per_domain,
                                             self.cfg.data.seed)
         if dist.is_main():
             atomic_write_json(self.dir.root / "validation.json",
                               {d: [ex.id for ex in exs] for d, exs in val.items()})
         val_texts = {d: [parts.lm_text(ex) for ex in exs] for d, exs in val.items()}
+        if teacher is not None:
+            self._say(f"teacher perplexity on {sum(map(len, val_texts.values()))} validation texts "
+                      f"in {len(val_texts)} domains")
         teacher_ppl = dist.on_main(lambda: self._teacher_ppl(teacher, tok, val_texts, "val"))
+        clock["teacher_perplexity"] = time.time()
         tracker = (Tracker.from_config(self.cfg, self.dir.root) if dist.is_main()
                    else Tracker(self.dir.root, []))
         trained = (self.student_dir / "config.json").is_file() and self.state_path.is_file()
         try:
             state = (json.loads(self.state_path.read_text(encoding="utf-8")) if trained else
                      self._train(student, tok, teacher, train, val_texts, teacher_ppl, tracker))
+            clock["train"] = time.time()
 
             def finish() -> dict[str, Any]:  # the main process: test metrics, plot, results
                 from domdistill.methods.students import load_trained_student
 
                 final, final_tok = load_trained_student(self.student_dir)  # also when resumed
+                self._say(f"evaluating: test perplexity on {len(self.task.test)} texts")
                 metrics = self._test_metrics(final, final_tok, teacher)
+                clock["evaluate"] = time.time()
+                steps = list(clock)
+                phases = {k: round(clock[k] - clock[p], 2) for p, k in zip(steps, steps[1:])}
                 tracker.log({"eval": metric_scalars(metrics)}, step=state["steps"])
                 if state["history"]:
                     domain_weight_lines(state["history"], self.dir.root / "domain_weights.png",
                                         f"{self.method}: domain weights")
                 return self._results(metrics, state, {d: len(v) for d, v in train.items()},
-                                     {d: len(v) for d, v in val.items()}, time.time() - start)
+                                     {d: len(v) for d, v in val.items()}, time.time() - start,
+                                     phases)
 
             return dist.on_main(finish)
         finally:
@@ -190,6 +208,8 @@ class DDKRun:
             tracker.log_interval(0, state["weights"], ppl0, teacher_ppl)
 
         def on_boundary(step: int, model) -> None:
+            self._say(f"step {step}/{total}: validation perplexity"
+                      + (", domain weights updated" if self.method in parts.ADAPTIVE else ""))
             ppl = measure(model)
             if teacher_ppl:
                 state["factor"] = parts.next_weights(self.method, cfg, state["factor"], ppl,
@@ -215,6 +235,10 @@ class DDKRun:
             gamma=m.gamma if self.uses_kd else 0.0, temperature=m.kd_temperature,
             divergence=m.divergence, divergence_param=m.divergence_param, batch_fn=plan.resolve)
         trainer.tokens_seen = state.get("tokens", 0)  # resumed: what the checkpoint had seen
+        self._say(f"training {total} steps of {global_batch} sequences"
+                  + (f", resuming from {checkpoint.name}" if checkpoint else "")
+                  + (f", gamma {m.gamma}" if self.uses_kd else " (no KD term)")
+                  + f", validation every {m.interval_steps} steps")
         bars = hf_logging.is_progress_bar_enabled()
         if not show_progress(self.progress):
             trainer.remove_callback(PrinterCallback)
@@ -244,6 +268,9 @@ class DDKRun:
             return None
         from domdistill.training.logit_cache import build_logit_cache
 
+        self._say(f"the teacher's top-{self.cfg.method.topk} logits for "
+                  f"{sum(map(len, sequences.values()))} training sequences (cached in the run)")
+
         def build():  # written by the main process; the others then open what it wrote
             return build_logit_cache(
                 self.dir.root / "teacher_logits", teacher, tok,
@@ -270,12 +297,13 @@ class DDKRun:
         teacher_ppl = self._teacher_ppl(teacher, tok, texts, "test")
         return parts.ppl_metrics(student_losses, teacher_ppl, report_head_tail(self.task.pool.counts()))
 
-    def _results(self, metrics, state, train_counts, val_counts, wall) -> dict[str, Any]:
+    def _results(self, metrics, state, train_counts, val_counts, wall, phases) -> dict[str, Any]:
         from domdistill.evaluation.results import write_results
 
         cfg = self.cfg
         return write_results(
-            self.dir.results, self.method, metrics, wall_seconds=wall, history=state["history"],
+            self.dir.results, self.method, metrics, wall_seconds=wall, phase_seconds=phases,
+            history=state["history"],
             dataset={"name": self.task.name, "pool": len(self.task.pool),
                      "test": len(self.task.test), "domains": len(train_counts),
                      "domain_counts": self.task.pool.counts(), "train_counts": train_counts,

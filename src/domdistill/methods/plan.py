@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domdistill.config import RunConfig
+from domdistill.data.example import DomainExample
+from domdistill.data.templates import StudentTemplate
 from domdistill.data.quotas import StagePlan, plan_run
 from domdistill.methods.baldistill import RECIPES, plan_budgets
 from domdistill.methods.task import Task
@@ -27,7 +29,17 @@ class RunPlan:
     completion_tokens: int
     cost: float
     coverage: list[dict[str, Any]] | None = None  # recorded teachers: domains it cannot serve in full
-    answer_samples: list[str] = field(default_factory=list, repr=False)  # completions to measure
+    samples: list[DomainExample] = field(default_factory=list, repr=False)  # training-like examples
+    rationale: bool = True  # the student trains on rationales (else on answer lines only)
+    compute: list[dict[str, Any]] = field(default_factory=list)  # the student's work per stage
+    probe: dict[str, float] | None = None  # seconds measured on this machine, when probed
+
+    @property
+    def answer_samples(self) -> list[str]:
+        """Training completions (rationale and answer line) to measure against generation limits."""
+        if not self.rationale:
+            return []
+        return [StudentTemplate.completion(ex.rationale, ex.answer) for ex in self.samples]
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "stages": [s.to_dict() for s in self.stages],
@@ -35,7 +47,9 @@ class RunPlan:
                 "estimated_prompt_tokens": self.prompt_tokens,
                 "estimated_completion_tokens": self.completion_tokens,
                 "estimated_cost": round(self.cost, 4),
-                **({"recorded_shortfalls": self.coverage} if self.coverage is not None else {})}
+                **({"recorded_shortfalls": self.coverage} if self.coverage is not None else {}),
+                "student_compute": self.compute,
+                **({"probe_seconds": self.probe} if self.probe is not None else {})}
 
 
 def plan_baldistill(cfg: RunConfig, task: Task) -> RunPlan:
@@ -64,9 +78,8 @@ def plan_baldistill(cfg: RunConfig, task: Task) -> RunPlan:
         coverage = recorded_shortfalls(teacher, task, stages, recipe.tail == "synthesize")
         samples = [replace(ex, rationale=teacher.rationale_by_key[teacher.match_key(ex.input)][0])
                    for ex in task.pool if teacher.has_rationale(ex.input)][:ANSWER_SAMPLES]
-    answers = [task.template.completion(ex.rationale, ex.answer) for ex in samples]
     return RunPlan(cfg.method.name, stages, calls, synthetic, prompt_tokens, completion_tokens, cost,
-                   coverage, answers if recipe.rationale else [])
+                   coverage, samples, recipe.rationale)
 
 
 def recorded_shortfalls(teacher: Any, task: Task, stages: list[StagePlan], synthesize: bool

@@ -71,8 +71,8 @@ def check_student_format(cfg: RunConfig, task: Task, tokenizer: Any = None,
     out: dict[str, Any] = {"inputs": len(texts), "cut": cut,
                            "max_prompt_tokens": template.max_prompt_tokens}
     if training_answers:
-        lengths = sorted(len(tok(a, add_special_tokens=False)["input_ids"]) + 1
-                         for a in training_answers)
+        # the text alone: an output cut just before its eos still holds the answer line
+        lengths = sorted(len(tok(a, add_special_tokens=False)["input_ids"]) for a in training_answers)
         limits = {"evaluation.max_new_tokens": cfg.evaluation.max_new_tokens,
                   "method.score_max_new_tokens": cfg.method.score_max_new_tokens}
         out["answers"] = {"measured": len(lengths), "median_tokens": lengths[len(lengths) // 2],
