@@ -31,7 +31,9 @@ class Section(BaseModel):
 class FieldMap(Section):
     """Names of the source fields that hold each part of an example (JSONL, CSV, HF datasets)."""
 
-    id: str | None = None
+    id: str | None = Field(None, description="Field with each example's unique id; unset, ids are "
+                           "FILE-LINE and an `id` field in the records stays in metadata "
+                           "(set `id: id` to use it)")
     domain: str = "domain"
     input: str = "input"
     answer: str = "answer"
@@ -52,7 +54,10 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.0, ge=0, lt=1)
     zipf_alpha: float | None = Field(None, gt=0, description="Resample the pool long-tailed with this exponent")
-    max_test_per_domain: int | None = Field(None, gt=0)
+    max_test_per_domain: int | None = Field(
+        None, gt=0, description="Keep at most N test examples per domain when the test set is "
+        "made (the rest are dropped from the run); `evaluation.max_per_domain` instead keeps the "
+        "whole test set and evaluates at most N per domain of it")
     builtin_size: int = Field(2000, gt=0, le=10**7, description="Pool size of the built-in task")
     seed: int = 0
 
