@@ -60,3 +60,20 @@ def test_cli_error_is_one_clean_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "malformed_json.jsonl:3: malformed JSON" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_stats_of_a_run_config_counts_its_training_pool_through_its_field_map(tmp_path: Path) -> None:
+    rows = [{"topic": t, "text": f"{t} story {i}", "label": t} for t, n in
+            (("big", 9), ("mid", 4), ("small", 2)) for i in range(n)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "run.yaml").write_text(
+        "data:\n  path: pool.jsonl\n  test_path: test.jsonl\n  task: classification\n"
+        "  fields: {domain: topic, input: text, answer: label}\n")
+    # from another folder: the config's relative paths resolve against its own folder
+    out = stats_json(str(tmp_path / "run.yaml"))
+    assert out["domains"] == {"big": 9, "mid": 4, "small": 2}
+    assert out["head"] == ["big"] and out["tail"] == ["mid", "small"]
+    # the same file without the field map has no `domain` field: an error naming it
+    plain = runner.invoke(app, ["data", "stats", str(tmp_path / "pool.jsonl")])
+    assert plain.exit_code != 0 and "'domain'" in str(plain.exception), plain.exception

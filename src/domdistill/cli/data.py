@@ -18,7 +18,9 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("stats")
 def stats(
-    path: str = typer.Argument(..., help="Data file or folder (or 'builtin')"),
+    path: str = typer.Argument(..., help="Data file or folder, 'builtin', or a run config (YAML): "
+                                         "its training pool as the run sees it (field map, "
+                                         "test split and resampling applied)"),
     format: str = typer.Option("auto", "--format", "-f",
                                help="auto, jsonl, csv, r52, math, recorded, hf or builtin"),
     split: str | None = typer.Option(None, "--split", help="Split inside the source (MATH: train/test)"),
@@ -32,7 +34,13 @@ def stats(
     from domdistill.data.domains import HEAD_TAIL_RULE, domain_stats
     from domdistill.data.loaders import load_dataset
 
-    dataset = load_dataset(path, format=format, split=split)
+    if path.endswith((".yaml", ".yml")):
+        from domdistill.config import load_config
+        from domdistill.methods.task import task_for_run
+
+        dataset = task_for_run(load_config(path)).pool
+    else:
+        dataset = load_dataset(path, format=format, split=split)
     st = domain_stats(dataset, head_share=head_share or None, mean_rule=head_share is None)
     rule = (HEAD_TAIL_RULE if head_share is None else
             f"head: the {len(st.head)} largest domains covering >= {head_share:.0%}" if head_share
