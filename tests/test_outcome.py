@@ -192,3 +192,28 @@ def test_dry_run_estimates_the_students_work_and_with_a_probe_its_seconds(tmp_pa
     alone = cli("run", config, "--probe", cwd=tmp_path)
     assert alone.returncode == 2 and "--dry-run" in alone.stderr and "Traceback" not in alone.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_run_says_how_many_teacher_answers_the_answer_filter_dropped(tmp_path) -> None:
+    rows = [{"domain": d, "input": f"a {d} document number {i} about {d}", "answer": d}
+            for d, n in (("big", 8), ("small", 4)) for i in range(n)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(
+        {"domain": d, "input": f"held-out {d} text", "answer": d}) + "\n" for d in ("big", "small")))
+    # the teacher gets every third document wrong
+    recorded = [{"label": r["answer"], "text": r["input"], "rationale": "it reads so",
+                 "prediction": r["answer"] if i % 3 else "small" if r["answer"] == "big" else "big"}
+                for i, r in enumerate(rows)]
+    (tmp_path / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recorded))
+    config = write_config(
+        tmp_path / "run.yaml", data={"path": "pool.jsonl", "test_path": "test.jsonl",
+                                     "task": "classification"},
+        teacher={"kind": "recorded", "recorded_paths": ["teacher.jsonl"]},
+        method={"name": "random_ft_cot", "budget": 12, "stages": 1})
+    proc = cli("run", config, "--out", tmp_path / "run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    spend = json.loads((tmp_path / "run" / "results.json").read_text())["history"][0]["spend"]
+    dropped = sum(spend["dropped_by_filter"].values())
+    assert dropped == 4
+    assert f"stage 1/1: {dropped} teacher answer(s) dropped by the answer filter" in proc.stderr
+    assert f"training the student on {12 - dropped} examples" in proc.stderr

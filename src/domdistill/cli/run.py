@@ -139,9 +139,9 @@ def show_compute(rows: list[dict[str, Any]], probe: dict[str, float] | None) -> 
     console.print(table)
     if probe:
         total = sum(r["seconds"]["total"] for r in rows)
-        console.print(f"student compute on this machine: about {total / 60:.0f} min "
-                      f"({total:,.0f} s; generation priced at its full length, an upper bound; "
-                      "teacher time not included)", soft_wrap=True)
+        about = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+        console.print(f"student compute on this machine: about {about} (generation priced at its "
+                      "full length, an upper bound; teacher time not included)", soft_wrap=True)
     else:
         console.print("add --probe to time the student on this machine and estimate seconds")
 

@@ -212,6 +212,10 @@ class BalDistillRun:
                 + (" and synthesizes the tail's shortfall" if self.recipe.tail == "synthesize" else ""))
         batch, spend = self._annotate(annotator, stage, plan, chosen, real, rng, state)
         clock["teacher"] = time.time()
+        dropped = sum(spend.get("dropped_by_filter", {}).values())
+        if dropped:
+            say(f"stage {stage}/{n_stages}: {dropped} teacher answer(s) dropped by the answer filter "
+                "(the teacher's answer is not the gold label; method.answer_filter)")
         taken = {ex.id for ex in real}
         state.pool = [i for i in state.pool if i not in taken]
         state.train.extend(ex.to_dict() for ex in batch)
