@@ -187,8 +187,9 @@ def test_dry_run_estimates_the_students_work_and_with_a_probe_its_seconds(tmp_pa
         assert s["total"] == pytest.approx(s["train"] + s["score"] + s["evaluate"], abs=0.02)
     assert measured["student_compute"][1]["seconds"]["score"] > 0
 
-    text = cli("run", config, "--dry-run", "--probe", cwd=tmp_path)
-    assert text.returncode == 0 and "student compute on this machine: about" in text.stdout
+    text = cli("run", config, "--dry-run", cwd=tmp_path)
+    assert text.returncode == 0 and "the student's work per stage" in text.stdout
+    assert "add --probe to time the student on this machine" in text.stdout
     alone = cli("run", config, "--probe", cwd=tmp_path)
     assert alone.returncode == 2 and "--dry-run" in alone.stderr and "Traceback" not in alone.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
