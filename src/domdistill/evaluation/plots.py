@@ -135,6 +135,9 @@ def budget(runs: Sequence["Run"], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+STAGE_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def stage_curves(runs: Sequence["Run"], metric: str, path: Path) -> Path | None:
     """Macro, head and tail score after each stage, against teacher calls spent so far."""
     runs = [r for r in runs if r.stage_history]
@@ -155,7 +158,9 @@ def stage_curves(runs: Sequence["Run"], metric: str, path: Path) -> Path | None:
             else:
                 xs = [h["stage"] for h in run.stage_history]
             ys = [h.get(block, {}).get(metric, float("nan")) for h in run.stage_history]
-            ax.plot(xs, ys, marker="o", color=f"C{k}", label=run.label)
+            # hollow markers of shrinking size and their own shape: tied runs stay visible
+            ax.plot(xs, ys, marker=STAGE_MARKERS[k % len(STAGE_MARKERS)], markersize=max(4, 10 - 2 * k),
+                    markerfacecolor="none", markeredgewidth=1.5, color=f"C{k}", label=run.label)
         ax.set_title(title)
         ax.set_xlabel("teacher calls spent so far" if by_calls else "stage")
         ax.grid(alpha=0.3)
