@@ -6,6 +6,7 @@ with commas given to ``eval`` through a file."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -218,3 +219,29 @@ def test_the_run_says_how_many_teacher_answers_the_answer_filter_dropped(tmp_pat
     assert dropped == 4
     assert f"stage 1/1: {dropped} teacher answer(s) dropped by the answer filter" in proc.stderr
     assert f"training the student on {12 - dropped} examples" in proc.stderr
+
+
+def test_ledger_in_a_narrow_terminal_prints_whole_headers(finished_run) -> None:
+    import os
+    import pty
+
+    folder, _ = finished_run
+    master, slave = pty.openpty()  # a real terminal, 80 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "domdistill.cli", "ledger", folder],
+                            stdout=slave, stderr=subprocess.PIPE, env={**ENV, "COLUMNS": "80"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", b"".join(chunks).decode())  # colours off
+    assert "…" not in text and "spend by domain" in text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert "rows" in text and "charged" in text

@@ -14,16 +14,35 @@ from rich.table import Table
 from domdistill.cli import app
 from domdistill.teachers.spend import GROUPS, ledger_report
 
+COLUMNS = ("rows", "charged", "delivered", "unusable", "failed", "possibly_billed", "inflight",
+           "cached", "tokens", "cost")
+
+
+def _cell(v: dict[str, Any], c: str) -> str:
+    return f"{(v.get(c) or 0):.4f}" if c == "cost" else str(v.get(c) or 0)
+
+
 def _table(title: str, groups: dict[str, dict[str, Any]]) -> Table:
     t = Table(title=title)
-    cols = ("rows", "charged", "delivered", "unusable", "failed", "possibly_billed", "inflight",
-            "cached", "tokens", "cost")
     t.add_column(title.split()[-1])
-    for c in cols:
+    for c in COLUMNS:
         t.add_column(c.replace("_", " "), justify="right")
     for name, v in groups.items():
-        t.add_row(name, *(f"{(v.get(c) or 0):.4f}" if c == "cost" else str(v.get(c) or 0) for c in cols))
+        t.add_row(name, *(_cell(v, c) for c in COLUMNS))
     return t
+
+
+def print_group(con: Console, title: str, groups: dict[str, dict[str, Any]]) -> None:
+    """A table where it fits; in a narrower terminal one line per row (no cut headers)."""
+    table = _table(title, groups)
+    if con.measure(table, options=con.options.update_width(10_000)).maximum <= con.width:
+        con.print(table)
+        return
+    con.print(f"[bold]{title}[/]")
+    for name, v in groups.items():
+        shown = [f"{c.replace('_', ' ')} {_cell(v, c)}" for c in COLUMNS
+                 if c in ("rows", "charged") or v.get(c)]
+        con.print(f"  {name}: " + ", ".join(shown), highlight=False, markup=False)
 
 
 @app.command("ledger")
@@ -47,7 +66,7 @@ def ledger_cmd(run_dir: Path = typer.Argument(..., help="Run folder (or a ledger
         con.print(f"warning: the ledger's spend counter says {s['calls']} calls, its rows "
                   f"{t['charged'] or 0}: the file was changed outside domdistill", style="yellow")
     for key in GROUPS:
-        con.print(_table(f"spend by {key}", report[f"by_{key}"]))
+        print_group(con, f"spend by {key}", report[f"by_{key}"])
     for f in report["failures"]:
         con.print(f"failed ({f['billing'] or ('charged' if f['charged'] else 'not charged')}): "
                   f"{f['domain']} stage {f['stage']}: {f['error']}", highlight=False, markup=False)
