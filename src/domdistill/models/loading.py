@@ -8,6 +8,7 @@ NF4 base, CUDA only) and gradient checkpointing.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,9 @@ def add_lora(model: PreTrainedModel, cfg: StudentConfig) -> PreTrainedModel:
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
-    with torch.random.fork_rng(devices=_cuda_devices()):
+    with torch.random.fork_rng(devices=_cuda_devices()), warnings.catch_warnings():
+        # peft asks transformers 5 for a deprecated alias; the warning is for peft, not users
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         torch.manual_seed(cfg.init_seed)
         return get_peft_model(model, lora)
 
