@@ -96,9 +96,9 @@ def add_seconds(cfg: RunConfig, rows: list[dict[str, Any]], probe: Probe) -> Non
 
 def measure_probe(cfg: RunConfig, task: Task, samples: list[DomainExample],
                   with_rationale: bool) -> Probe:
-    """Load the student and time a training micro-batch and generation batches (1 and
-    ``1 + PROBE_NEW_TOKENS`` new tokens), each after one untimed warm-up, on inputs from the
-    pool; writes nothing that stays."""
+    """Load the student and time a training micro-batch (after a one-sequence warm-up) and two
+    generation batches (1 and ``1 + PROBE_NEW_TOKENS`` new tokens) on inputs from the pool;
+    writes nothing that stays."""
     # torch and the model stack load only when a probe is asked for: the plain dry run stays fast
     import torch
 
@@ -126,14 +126,13 @@ def measure_probe(cfg: RunConfig, task: Task, samples: list[DomainExample],
             torch.cuda.synchronize()
 
     model.train()
-    times = []
-    for _ in range(2):  # the first is a warm-up (allocations, kernel choice); the second counts
-        start = time.perf_counter()
-        model(**batch).loss.backward()
-        sync()
-        times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-    train_step = times[-1]
+    model(**{k: v[:1] for k, v in batch.items()}).loss.backward()  # warm-up: allocations, kernels
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    model(**batch).loss.backward()
+    sync()
+    train_step = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
 
     model.eval()
     prompts, _ = task.template.prompts(tok, [ex.input for ex in examples])
@@ -152,8 +151,7 @@ def measure_probe(cfg: RunConfig, task: Task, samples: list[DomainExample],
         sync()
         return time.perf_counter() - start
 
-    timed(1)  # warm-up
-    prefill = timed(1)
+    prefill = timed(1)  # the training step above warmed the kernels up
     decode_step = max(0.0, timed(1 + PROBE_NEW_TOKENS) - prefill) / PROBE_NEW_TOKENS
     return Probe(load=load, train_step=train_step, prefill=prefill, decode_step=decode_step)
 
