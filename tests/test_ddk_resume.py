@@ -26,6 +26,7 @@ def launch(teacher: Path, out: Path, resume: bool, kill_on: str | None = None) -
     return run_until(cmd, env, kill_on)
 
 
+@pytest.mark.slow  # DDK resume in the fast suite: test_ddk.py::test_resume_after_training_*
 def test_sigkill_between_intervals_resumes_to_the_same_weights_and_loss(tmp_path):
     teacher = make_teacher(tmp_path / "teachers")
     ref, run = tmp_path / "ref", tmp_path / "crashed"

@@ -56,6 +56,7 @@ def test_jobs_and_presets(bench) -> None:
     assert (quick.per_class, quick.seeds, quick.test_per_domain) == (10, [0], 10)
 
 
+@pytest.mark.slow  # a whole replay run; the bench runs it too
 def test_tiny_run_reports_scores_calls_and_shortfall(bench, tmp_path: Path, capsys) -> None:
     """Two methods, 30 per class: BalDistill N asks for more synthetic 'tea' documents than were
     recorded; the run goes on and the shortfall is reported, never invented."""

@@ -129,7 +129,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ({"training__max_seq_len": 200, "evaluation__max_new_tokens": 64}, "training.max_seq_len",
      "the instruction, label set and answer format take"),
     ({"evaluation__max_new_tokens": 4}, "evaluation.max_new_tokens", "cannot hold the answer line"),
-    ({"training__max_seq_len": 9000}, "training.max_seq_len", "longer than the student's 8192 positions"),
+    pytest.param({"training__max_seq_len": 9000}, "training.max_seq_len",
+                 "longer than the student's 8192 positions", marks=pytest.mark.slow),
 ])
 def test_lengths_that_cannot_hold_the_answer_are_refused(tmp_path, shared_data, overrides, field, words):
     """52 R52 labels make a long instruction; a run and its dry run refuse before anything is

@@ -263,6 +263,7 @@ def domdistill_run(tmp_path: Path, base_url: str, out: Path, env: dict[str, str]
                           timeout=300)
 
 
+@pytest.mark.slow  # the fast suite: test_run_folders.py::test_secrets_stay_references_*
 def test_api_key_never_written_by_whole_runs_ok_or_failing(tmp_path):
     """A successful run, a run stopped by a rejected key (the server echoes it), and the
     traceback of the same failure: the key is in no file, log, output or traceback."""

@@ -83,6 +83,7 @@ def _eval(folder: Path) -> dict:
                           StudentTemplate.for_task("builtin"), cfg, progress=False)
 
 
+@pytest.mark.slow  # the fast suite kills and resumes the LoRA student (next test)
 def test_kill_anywhere_then_resume_matches_uninterrupted(tmp_path, reference):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
