@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -199,6 +200,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     from domdistill.training.data import PadCollator, PairDataset, pad_id
     from domdistill.training.sft import train_sft
 
+    shutil.rmtree(Path(args.out) / "speed", ignore_errors=True)  # a rerun into the same --out
     cfg = make_config(args, "random_ft_cot", 0, Path(args.out) / "speed")
     task = task_for_run(cfg)
     teacher = RecordedTeacher.from_paths(cfg.teacher.recorded_paths, match="r52")
