@@ -31,6 +31,7 @@ demo: install
 	$(BIN)/domdistill demo --out runs/demo --overwrite
 
 bench: reference-model
+	$(PYTHON) -m pip install -q -e '.[dev,bench]'
 	for f in bench/*.py; do echo "== $$f"; $(PYTHON) $$f || exit 1; done
 
 clean:

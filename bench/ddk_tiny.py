@@ -133,30 +133,40 @@ def main() -> None:
 
 def summarize(results: dict[tuple[int, str], dict], args: Any, p: dict[str, Any],
               wall: float) -> dict[str, Any]:
-    def per_seed(name: str, key: str) -> list[float]:
-        return [round(results[(s, name)]["metrics"]["macro"][key], 4) for s in args.seeds]
-
-    methods = {}
-    for n in args.methods:
-        mean, worst = per_seed(n, "ppl_ratio"), per_seed(n, "worst_ppl_ratio")
-        methods[n] = {"mean_ratio": round(statistics.fmean(mean), 4),
-                      "worst_ratio": round(statistics.fmean(worst), 4),
-                      "mean_ratio_per_seed": mean, "worst_ratio_per_seed": worst,
-                      "tokens": [results[(s, n)]["training"]["tokens"] for s in args.seeds],
-                      "seconds": [results[(s, n)]["bench_seconds"] for s in args.seeds]}
+    methods = method_summaries(results, args.seeds, args.methods)
     summary: dict[str, Any] = {
         "preset": args.preset, "seeds": args.seeds, "teacher": p["teacher"],
         "student": p["student"], "steps": p["steps"], "interval_steps": p["interval"],
         "warm_start_steps": p["warm"], "sequences_per_method": p["steps"] * 16,
         "methods": methods, "wall_seconds": round(wall, 1)}
     if "kd" in methods and "ddk" in methods:
-        kd, ddk = methods["kd"], methods["ddk"]
-        summary["ddk_beats_kd"] = {
-            "mean": ddk["mean_ratio"] < kd["mean_ratio"],
+        summary["ddk_beats_kd"] = ddk_beats_kd(methods["ddk"], methods["kd"])
+    return summary
+
+
+def method_summaries(results: dict[tuple[int, str], dict], seeds: list[int],
+                     names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: mean and worst ratio over domains, averaged over seeds, and per seed."""
+    def per_seed(name: str, key: str) -> list[float]:
+        return [round(results[(s, name)]["metrics"]["macro"][key], 4) for s in seeds]
+
+    methods = {}
+    for n in names:
+        mean, worst = per_seed(n, "ppl_ratio"), per_seed(n, "worst_ppl_ratio")
+        methods[n] = {"mean_ratio": round(statistics.fmean(mean), 4),
+                      "worst_ratio": round(statistics.fmean(worst), 4),
+                      "mean_ratio_per_seed": mean, "worst_ratio_per_seed": worst,
+                      "tokens": [results[(s, n)]["training"]["tokens"] for s in seeds],
+                      "seconds": [results[(s, n)]["bench_seconds"] for s in seeds]}
+    return methods
+
+
+def ddk_beats_kd(ddk: dict[str, Any], kd: dict[str, Any]) -> dict[str, Any]:
+    """Whether DDK's seed-mean ratios are lower than KD's, and on how many seeds."""
+    return {"mean": ddk["mean_ratio"] < kd["mean_ratio"],
             "worst": ddk["worst_ratio"] < kd["worst_ratio"],
             "seeds_mean": sum(a < b for a, b in zip(ddk["mean_ratio_per_seed"], kd["mean_ratio_per_seed"])),
             "seeds_worst": sum(a < b for a, b in zip(ddk["worst_ratio_per_seed"], kd["worst_ratio_per_seed"]))}
-    return summary
 
 
 def print_table(results: dict[str, dict]) -> None:

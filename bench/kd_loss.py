@@ -1,6 +1,10 @@
 """Chunked KD loss vs the full-logit way, forward + backward, float32 on CPU.
 
-Run from the repository root: ``python bench/kd_loss.py`` (``--quick`` for small shapes).
+Run from the repository root: ``python bench/kd_loss.py`` (``--quick`` for small shapes). The
+default shapes (vocabulary x hidden): 32,000 x 512 (Llama-2-like), 49,152 x 576 (SmolLM2-135M, the
+reference model) and 151,936 x 512 (Qwen2.5's vocabulary). TRL's GKD loss runs in the same run as
+the peer (``pip install -e '.[bench]'``, which ``make bench`` does); without it the bench stops
+unless ``--no-trl`` is given.
 Peak memory of each implementation is measured in its own subprocess (VmHWM from
 /proc/self/status, reset through /proc/self/clear_refs after the inputs exist). Timings are
 interleaved (naive, chunked, [trl,] naive, chunked, ...) and the median of per-pair ratios is
@@ -27,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from domdistill.training.kd_losses import auto_chunk_size, chunked_kd_loss  # noqa: E402
 
 GAMMA, TEMP = 0.2, 1.0
+SHAPES = [(32000, 512), (49152, 576), (151936, 512)]
+QUICK_SHAPES = [(8000, 256), (32000, 256)]
 
 
 def make_inputs(n: int, hidden: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -112,9 +118,9 @@ def mem_worker(name: str, n: int, hidden: int, vocab: int, chunk_size: int | Non
     print(json.dumps({"peak_bytes": (_status_kib("VmHWM") - base) * 1024}))
 
 
-def peak_memory(name: str, args: argparse.Namespace, vocab: int) -> int:
+def peak_memory(name: str, args: argparse.Namespace, vocab: int, hidden: int) -> int:
     cmd = [sys.executable, __file__, "--mem-worker", name, "--tokens", str(args.tokens),
-           "--hidden", str(args.hidden), "--vocab", str(vocab)]
+           "--hidden", str(hidden), "--vocab", str(vocab)]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -144,10 +150,10 @@ def max_rel_err(x: dict[str, torch.Tensor], chunk_size: int | None) -> float:
     return max(float((a - b).norm() / b.norm()) for a, b in zip(res[1], res[0]))
 
 
-def bench_vocab(args: argparse.Namespace, vocab: int, use_trl: bool) -> dict:
+def bench_shape(args: argparse.Namespace, vocab: int, hidden: int, use_trl: bool) -> dict:
     names = ["naive", "chunked"] + (["trl"] if use_trl else [])
-    mem = {name: peak_memory(name, args, vocab) for name in names}
-    x = make_inputs(args.tokens, args.hidden, vocab)
+    mem = {name: peak_memory(name, args, vocab, hidden) for name in names}
+    x = make_inputs(args.tokens, hidden, vocab)
     err = max_rel_err(x, args.chunk_size)
     times: dict[str, list[float]] = {name: [] for name in names}
     rates = []
@@ -157,10 +163,10 @@ def bench_vocab(args: argparse.Namespace, vocab: int, use_trl: bool) -> dict:
             times[name].append(run_once(name, x, args.chunk_size))
     ratios = [c / n for c, n in zip(times["chunked"], times["naive"])]
     n_kept = int((x["labels"] != -100).sum())
-    flops = 4 * 2 * n_kept * args.hidden * vocab
+    flops = 4 * 2 * n_kept * hidden * vocab
     eff = [flops / t / r for t, r in zip(times["chunked"], rates)]
     row = {
-        "vocab": vocab, "chunk_size": args.chunk_size or auto_chunk_size(vocab),
+        "vocab": vocab, "hidden": hidden, "chunk_size": args.chunk_size or auto_chunk_size(vocab),
         "target_tokens": n_kept,
         "peak_gib": {k: round(v / 2 ** 30, 3) for k, v in mem.items()},
         "median_s": {k: round(statistics.median(v), 3) for k, v in times.items()},
@@ -171,6 +177,10 @@ def bench_vocab(args: argparse.Namespace, vocab: int, use_trl: bool) -> dict:
         "flop_efficiency": round(statistics.median(eff), 3),
         "max_rel_err": err,
     }
+    if use_trl:  # the peer, measured in the same run on the same inputs
+        row["time_ratio_vs_trl"] = round(statistics.median(
+            c / t for c, t in zip(times["chunked"], times["trl"])), 3)
+        row["mem_ratio_vs_trl"] = round(mem["chunked"] / mem["trl"], 4)
     print(json.dumps(row), flush=True)
     return row
 
@@ -179,9 +189,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes (about a minute)")
     ap.add_argument("--tokens", type=int, default=None, help="batch*seq rows (default 2048)")
-    ap.add_argument("--hidden", type=int, default=None, help="hidden size (default 512)")
+    ap.add_argument("--hidden", type=int, default=None,
+                    help="one hidden size for every --vocab (default: the shapes above)")
     ap.add_argument("--vocab", type=int, nargs="+", default=None,
-                    help="vocabulary sizes (default 32000 151936)")
+                    help="vocabulary sizes (default 32000 49152 151936, hidden 512 576 512)")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds")
     ap.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default auto)")
     ap.add_argument("--no-trl", action="store_true", help="skip TRL even if importable")
@@ -189,17 +200,24 @@ def main() -> None:
     args = ap.parse_args()
     quick = args.quick
     args.tokens = args.tokens or (512 if quick else 2048)
-    args.hidden = args.hidden or (256 if quick else 512)
-    args.vocab = args.vocab or ([8000, 32000] if quick else [32000, 151936])
-    args.repeats = args.repeats or (3 if quick else 3)
+    args.repeats = args.repeats or 3
+    shapes = QUICK_SHAPES if quick else SHAPES
+    if args.vocab:
+        hidden = {v: h for v, h in shapes}
+        shapes = [(v, args.hidden or hidden.get(v, 512)) for v in args.vocab]
+    elif args.hidden:
+        shapes = [(v, args.hidden) for v, _ in shapes]
     torch.manual_seed(0)
     if args.mem_worker:
-        mem_worker(args.mem_worker, args.tokens, args.hidden, args.vocab[0], args.chunk_size)
+        mem_worker(args.mem_worker, args.tokens, shapes[0][1], shapes[0][0], args.chunk_size)
         return
-    use_trl = not args.no_trl and trl_available()
-    print(f"tokens={args.tokens} hidden={args.hidden} vocab={args.vocab} "
+    if not args.no_trl and not trl_available():
+        sys.exit("bench/kd_loss.py compares with TRL's GKD loss, which is not installed here: "
+                 "pip install -e '.[bench]' (make bench does), or pass --no-trl to skip it")
+    use_trl = not args.no_trl
+    print(f"tokens={args.tokens} shapes(vocab x hidden)={shapes} "
           f"threads={torch.get_num_threads()} trl={use_trl}", flush=True)
-    rows = [bench_vocab(args, v, use_trl) for v in args.vocab]
+    rows = [bench_shape(args, v, h, use_trl) for v, h in shapes]
     summary = {
         "mem_ratio": max(r["mem_ratio"] for r in rows),
         "time_ratio": max(r["time_ratio"] for r in rows),

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _ddk_worker import ddk_config, make_teacher
+from domdistill.config import StudentConfig
 from domdistill.errors import ConfigError
 from domdistill.evaluation.perplexity import domain_perplexities
 from domdistill.methods import run_config
@@ -211,6 +212,33 @@ def test_offline_teacher_logits_train_and_are_reused(teacher, tmp_path):
     manifest = json.loads((tmp_path / "off" / "teacher_logits" / "manifest.json").read_text())
     assert manifest["n"] == sum(res["dataset"]["train_counts"].values())
     assert all(e["kd"] > 0 for e in res["training"]["losses"])
+
+
+def test_a_shared_teacher_cache_serves_every_run_and_a_depth_pruned_student(teacher, tmp_path):
+    shared = tmp_path / "teacher-cache"
+    results, mtimes = {}, {}
+    for name in ("kd", "ddk"):
+        cfg = ddk_config(teacher, tmp_path / name, name, steps=6, teacher_logits="offline",
+                         topk=8, teacher_cache=str(shared))
+        if name == "ddk":  # the student: the teacher with 1 of its 2 layers kept
+            cfg.student = StudentConfig(model=str(teacher), init="depth_pruned", num_layers=1)
+        results[name] = run_config(cfg, progress=False)
+        mtimes[name] = {p.name: p.stat().st_mtime_ns for p in shared.rglob("*") if p.is_file()}
+    caches = sorted(shared.glob("logits-*"))
+    assert len(caches) == 1 and mtimes["kd"] == mtimes["ddk"]  # built once, then only read
+    assert not (tmp_path / "kd" / "teacher_logits").exists()
+    assert not (tmp_path / "kd" / "teacher_ppl.json").exists()
+    ppl = json.loads((shared / "teacher_ppl.json").read_text())
+    assert sorted(k.split("|")[1] for k in ppl) == ["test", "val"]
+    first, second = (results[n]["teacher"]["logits"] for n in ("kd", "ddk"))
+    assert first["folder"] == second["folder"] == str(caches[0])
+    assert first["tokens"] == second["tokens"] > 0 and first["k"] == 8
+    assert first["bytes_per_token"] >= 8 * 4  # k ids (int16) and log-probs (float16) per token
+    pruned = results["ddk"]["student"]
+    assert pruned["init"] == "depth_pruned" and pruned["num_layers"] == 1
+    assert pruned["params"] < results["ddk"]["teacher"]["params"]
+    assert json.loads((tmp_path / "ddk" / "student" / "config.json").read_text())[
+        "num_hidden_layers"] == 1
 
 
 def test_incompatible_student_tokenizer_fails_before_training(teacher, tmp_path):

@@ -19,6 +19,7 @@ from domdistill.training.kd_losses import (
     chunked_kd_loss,
     sparse_kd_loss,
 )
+from domdistill.training.kd_trainer import kd_loss
 
 F64 = torch.float64
 DIVERGENCES = [("fkl", None), ("rkl", None), ("jsd", 0.5), ("jsd", 0.0), ("jsd", 1.0),
@@ -203,3 +204,47 @@ def test_real_tiny_llamas_with_padded_teacher_head(shared_data: Path):
 def test_auto_chunk_size():
     assert auto_chunk_size(151936) == 256 and auto_chunk_size(32000) == 256
     assert auto_chunk_size(8000) == 1024 and auto_chunk_size(16000) == 512
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_tied_embeddings_get_both_gradients_float64(offline: bool):
+    """SmolLM2-style tied lm_head: the chunked loss's head gradient and the embedding lookup's
+    gradient both reach the one weight; loss and every gradient match full float64 logits."""
+    from domdistill.training.logit_cache import teacher_topk
+
+    texts = ["x + 1 = 3 so x = 2", "the area of a circle is pi r^2", "7 is prime", "2 + 2 = 4"]
+    tok = train_tokenizer(texts * 5, vocab_size=290)
+    student = build_tiny_model("nano", tok, seed=0).to(F64)
+    teacher = build_tiny_model("micro", tok, seed=1).to(F64).eval()
+    tied = student.get_output_embeddings().weight
+    assert tied is student.get_input_embeddings().weight
+    enc = tok(texts, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    batch = {**enc, "labels": labels}
+    if offline:  # every id kept: the sparse loss is then the full forward KL
+        rows = teacher_topk(teacher, [ids[m.bool()].tolist() for ids, m in
+                                      zip(enc["input_ids"], enc["attention_mask"])],
+                            k=len(tok), temperature=1.0)
+        width = labels.shape[1] - 1
+        batch["topk_ids"] = torch.zeros(len(texts), width, len(tok), dtype=torch.long)
+        batch["topk_logprobs"] = torch.zeros(len(texts), width, len(tok), dtype=F64)
+        for r, (i, lp) in enumerate(rows):
+            batch["topk_ids"][r, :len(i)], batch["topk_logprobs"][r, :len(i)] = i, lp.to(F64)
+            batch["topk_ids"][r, len(i):] = torch.arange(len(tok))
+    parts = kd_loss(student, batch, None if offline else teacher, gamma=0.5)
+    with torch.no_grad():
+        t_logits = teacher(**enc).logits
+    ref, _, _ = full_logit_kd_loss(student(**enc).logits[:, :-1], t_logits[:, :-1],
+                                   labels[:, 1:], gamma=0.5)
+    assert abs(float(parts.total.detach() - ref.detach())) <= 1e-5 * abs(float(ref.detach()))
+    params = [p for p in student.parameters() if p.requires_grad]
+    got = torch.autograd.grad(parts.total, params)
+    want = torch.autograd.grad(ref, params, retain_graph=True)
+    for g, w in zip(got, want):
+        assert _rel(g, w) < 1e-5
+    # both paths matter: the head alone (lookup detached) gives a different gradient
+    head_only = torch.autograd.grad(full_logit_kd_loss(
+        student(inputs_embeds=student.get_input_embeddings()(enc["input_ids"]).detach(),
+                attention_mask=enc["attention_mask"]).logits[:, :-1], t_logits[:, :-1],
+        labels[:, 1:], gamma=0.5)[0], tied)[0]
+    assert _rel(head_only, got[params.index(tied)]) > 1e-3

@@ -54,6 +54,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.0, ge=0, lt=1)
     zipf_alpha: float | None = Field(None, gt=0, description="Resample the pool long-tailed with this exponent")
+    zipf_largest: int | None = Field(
+        None, gt=0, description="With zipf_alpha: size of the largest domain after resampling "
+        "(the domain of rank r gets zipf_largest / r**zipf_alpha); default: its full size")
     max_test_per_domain: int | None = Field(
         None, gt=0, description="Keep at most N test examples per domain when the test set is "
         "made (the rest are dropped from the run); `evaluation.max_per_domain` instead keeps the "
@@ -123,8 +126,25 @@ class StudentConfig(Section):
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     vocab_size: int = Field(512, ge=260, description="Tokenizer vocabulary of a tiny preset (trained on the data)")
+    init: Literal["pretrained", "depth_pruned", "fresh"] = Field(
+        "pretrained", description="pretrained: model's weights as they are; depth_pruned: keep "
+        "num_layers of its decoder layers (evenly spaced, first and last kept) and its "
+        "embeddings, norms and lm_head (set model to the teacher to shrink it); fresh: its "
+        "architecture and tokenizer with random weights (init_seed)")
+    num_layers: int | None = Field(None, gt=0, description="Decoder layers of a depth_pruned "
+                                   "(required) or fresh (default: all) student")
     init_seed: int = Field(
-        0, description="Seed of the random initialisation: a tiny preset's weights, a new LoRA adapter")
+        0, description="Seed of the random initialisation: a tiny preset's weights, a new LoRA adapter, a fresh student")
+
+    @model_validator(mode="after")
+    def _layers_need_init(self) -> "StudentConfig":
+        if self.init == "depth_pruned" and self.num_layers is None:
+            raise ValueError("init: depth_pruned needs num_layers (how many of the model's "
+                             "layers to keep)")
+        if self.init == "pretrained" and self.num_layers is not None:
+            raise ValueError(f"num_layers: {self.num_layers} shrinks the model only with init: "
+                             "depth_pruned or fresh")
+        return self
 
 
 class MethodConfig(Section):
@@ -162,6 +182,10 @@ class MethodConfig(Section):
     teacher_logits: Literal["online", "offline"] = Field(
         "online", description="Logit KD: run the teacher every step, or train from cached top-k")
     topk: int = Field(64, gt=0, description="Offline teacher logits: log-probs kept per token")
+    teacher_cache: str | None = Field(
+        None, description="Folder shared by runs for what the teacher computes once per data "
+        "set: offline top-k logits and validation/test perplexities (default: inside each run "
+        "folder). Runs on the same data, teacher and tokenization reuse it")
 
     @model_validator(mode="after")
     def _stages_fit_budget(self) -> "MethodConfig":

@@ -130,7 +130,7 @@ def load_from_config(cfg: DataConfig) -> DomainDataset:
                         builtin_size=cfg.builtin_size, seed=cfg.seed)
     if cfg.zipf_alpha is not None:
         from domdistill.data.domains import zipf_resample
-        pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed)
+        pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed, largest=cfg.zipf_largest)
     return pool
 
 

@@ -139,6 +139,9 @@ def check_models(cfg: RunConfig) -> None:
     def describe(name: str, field: str):
         from transformers import AutoConfig, AutoTokenizer
 
+        from domdistill.models.gguf import resolve_model_name
+
+        name = resolve_model_name(name)  # a reference name or .gguf file: its converted folder
         try:
             return AutoTokenizer.from_pretrained(name), AutoConfig.from_pretrained(name)
         except (OSError, ValueError) as err:

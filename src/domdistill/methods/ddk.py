@@ -51,9 +51,13 @@ class DDKRun:
         self.method = cfg.method.name
         self.uses_kd = self.method != "cpt" and cfg.method.gamma > 0
         self.max_len = cfg.training.max_seq_len
-        self.ppl_cache = run_dir.root / "teacher_ppl.json"
+        shared = Path(cfg.method.teacher_cache).expanduser() if cfg.method.teacher_cache else None
+        self.logit_root = shared or run_dir.root / "teacher_logits"
+        self.ppl_cache = (shared or run_dir.root) / "teacher_ppl.json"
         self.state_path = run_dir.root / "ddk_state.json"
         self.student_dir = run_dir.root / "student"
+        self.params: dict[str, int | None] = {}
+        self.logit_stats: dict[str, Any] | None = None  # the offline cache, as built or reused
 
     def _say(self, message: str) -> None:
         if dist.is_main():  # one phase line per run, not one per process
@@ -76,6 +80,7 @@ class DDKRun:
         from domdistill.models.compat import check_kd_compatible
         from domdistill.models.loading import (
             apply_training_options, is_tiny_preset, load_model_and_tokenizer, load_student)
+        from domdistill.models.shrink import shrink
         from domdistill.models.tiny import build_tiny_model
 
         cfg = self.cfg
@@ -91,6 +96,8 @@ class DDKRun:
         if is_tiny_preset(cfg.student.model) and t_tok is not None:
             tok = t_tok
             student = build_tiny_model(cfg.student.model, tok, seed=cfg.student.init_seed)
+            student = shrink(student, cfg.student.init, cfg.student.num_layers,
+                             cfg.student.init_seed)
             student = apply_training_options(student, cfg.student)
         else:
             texts = [parts.lm_text(ex) for ex in self.task.pool]
@@ -112,7 +119,11 @@ class DDKRun:
         start = time.time()
         clock = {"start": start}
         self._say("loading the models")
+        from domdistill.models.tiny import count_parameters  # torch + transformers: load on use
+
         student, tok, teacher = self._models()
+        self.params = {"student": count_parameters(student),
+                       "teacher": count_parameters(teacher) if teacher is not None else None}
         clock["load"] = time.time()
         train, val = parts.split_validation(list(self.task.pool), self.cfg.method.val_per_domain,
                                             self.cfg.data.seed)
@@ -268,19 +279,30 @@ class DDKRun:
             return None
         from domdistill.training.logit_cache import build_logit_cache
 
+        shared = self.cfg.method.teacher_cache
         self._say(f"the teacher's top-{self.cfg.method.topk} logits for "
-                  f"{sum(map(len, sequences.values()))} training sequences (cached in the run)")
+                  f"{sum(map(len, sequences.values()))} training sequences (cached "
+                  + (f"in {shared}, shared by runs)" if shared else "in the run)"))
 
         def build():  # written by the main process; the others then open what it wrote
             return build_logit_cache(
-                self.dir.root / "teacher_logits", teacher, tok,
+                self.logit_root, teacher, tok,
                 [(s["key"], s["input_ids"]) for seqs in sequences.values() for s in seqs],
                 teacher_id=parts.model_id(self.cfg.teacher.model), k=self.cfg.method.topk,
                 temperature=self.cfg.method.kd_temperature,
-                batch_size=self.cfg.evaluation.batch_size, progress=self.progress)
+                batch_size=self.cfg.evaluation.batch_size, progress=self.progress,
+                keyed=shared is not None)
 
         def build_on_main() -> None:
-            build()
+            started = time.time()
+            cache = build()
+            self.logit_stats = {"folder": str(cache.root), "seconds": round(time.time() - started, 2),
+                                "sequences": len(cache), "tokens": cache.rows,
+                                "bytes": cache.nbytes, "bytes_per_token": round(
+                                    cache.nbytes / max(cache.rows, 1), 1), "k": cache.k}
+            self._say(f"teacher logits: {cache.rows} tokens, {cache.nbytes / 2**20:.1f} MiB "
+                      f"({self.logit_stats['bytes_per_token']:.0f} bytes per token), "
+                      f"{self.logit_stats['seconds']:.1f} s")
 
         dist.on_main(build_on_main)
         return build().get
@@ -308,8 +330,11 @@ class DDKRun:
                      "test": len(self.task.test), "domains": len(train_counts),
                      "domain_counts": self.task.pool.counts(), "train_counts": train_counts,
                      "validation_counts": val_counts},
-            student={"model": cfg.student.model, "lora": cfg.student.lora},
-            teacher={"kind": cfg.teacher.kind, "model": cfg.teacher.model},
+            student={"model": cfg.student.model, "lora": cfg.student.lora,
+                     "init": cfg.student.init, "num_layers": cfg.student.num_layers,
+                     "params": self.params.get("student")},
+            teacher={"kind": cfg.teacher.kind, "model": cfg.teacher.model,
+                     "params": self.params.get("teacher"), "logits": self.logit_stats},
             training={"steps": state.get("steps"), "tokens": state.get("tokens"),
                       "sequences": (state.get("steps") or 0) * cfg.training.batch_size
                       * cfg.training.grad_accum, "losses": state.get("losses", []),

@@ -59,10 +59,15 @@ def model_id(path: str | Path) -> str:
 
 
 def cached_perplexities(cache: Path, key: str, compute) -> dict[str, float]:
-    """``compute()`` once per key; later calls read ``cache`` (a JSON object keyed by ``key``)."""
-    data = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    """``compute()`` once per key; later calls read ``cache`` (a JSON object keyed by ``key``).
+    The file is re-read just before writing, so runs sharing it keep each other's entries."""
+    def read() -> dict[str, Any]:
+        return json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+
+    data = read()
     if key not in data:
-        data[key] = compute()
+        value = compute()
+        data = {**read(), key: value}
         atomic_write_json(cache, data)
     return data[key]
 

@@ -96,7 +96,7 @@ def load_task(cfg: DataConfig) -> Task:
                               "data.test_path", path=cfg.path, field="domain")
         pool, _, test = stratified_split(pool, test_fraction=cfg.test_fraction, seed=cfg.seed)
     if cfg.zipf_alpha:
-        pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed)
+        pool = zipf_resample(pool, cfg.zipf_alpha, seed=cfg.seed, largest=cfg.zipf_largest)
     if cfg.max_test_per_domain:
         test = test.subset([ex for d, exs in test.by_domain.items()
                             for ex in exs[:cfg.max_test_per_domain]])

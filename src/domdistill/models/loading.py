@@ -21,6 +21,7 @@ from transformers import (
 from domdistill.config import StudentConfig
 from domdistill.errors import ConfigError
 from domdistill.models.gguf import names_a_path, resolve_model_name
+from domdistill.models.shrink import shrink
 from domdistill.models.tiny import (
     TINY_PRESETS, build_tiny_model, create_tiny_model, texts_fingerprint, train_tokenizer,
 )
@@ -121,6 +122,7 @@ def load_student(cfg: StudentConfig, texts: Iterable[str] | None = None,
     A tiny preset trains its tokenizer on ``texts`` (default: the built-in task's prompts and
     completions) and is rebuilt identically for the same preset, vocabulary, seed and texts; with
     ``cache_dir`` it is saved there once and reused. Other names load as hub ids or folders.
+    ``cfg.init`` then depth-prunes the model or re-draws its weights (:mod:`.shrink`).
     """
     if cfg.load_in_4bit:
         check_qlora()
@@ -153,6 +155,7 @@ def load_student(cfg: StudentConfig, texts: Iterable[str] | None = None,
     else:
         model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, for_generation,
                                                     **model_kwargs)
+    model = shrink(model, cfg.init, cfg.num_layers, cfg.init_seed)
     return apply_training_options(model, cfg), tokenizer
 
 

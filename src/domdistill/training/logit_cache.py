@@ -115,6 +115,16 @@ class LogitCache:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def rows(self) -> int:
+        """Token positions held (n - 1 per sequence of n tokens)."""
+        return sum(int(ids.shape[0]) for ids, _ in self._rows.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the shard files on disk."""
+        return sum((self.root / name).stat().st_size for name in self.manifest["shards"])
+
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 
@@ -134,11 +144,13 @@ def build_logit_cache(root: str | Path, teacher: Any, tokenizer: Any,
                       sequences: Iterable[tuple[str, Sequence[int]]], *, teacher_id: str,
                       k: int, temperature: float = 1.0, shard_size: int = 256,
                       batch_size: int = 16, logprob_dtype: str = "float16",
-                      progress: bool = False) -> LogitCache:
+                      progress: bool = False, keyed: bool = False) -> LogitCache:
     """Compute (or finish computing) the cache for ``(key, token ids)`` pairs at ``root``.
 
     Shards already complete with the same keys and token ids are kept; the rest are computed.
     A folder holding a cache of different settings is an error (choose another folder).
+    ``keyed``: ``root`` is a folder of caches shared by runs; this one is its subfolder named
+    by a hash of the settings and content, so each data set, teacher and k has its own.
     """
     root = Path(root)
     items = list(sequences)
@@ -153,6 +165,9 @@ def build_logit_cache(root: str | Path, teacher: Any, tokenizer: Any,
     spec = {"format": FORMAT, "teacher": teacher_id, "tokenizer": tokenizer_fingerprint(tokenizer),
             "k": k, "temperature": temperature, "shard_size": shard_size, "n": len(items),
             "content": content, "logprob_dtype": logprob_dtype}
+    if keyed:
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        root = root / f"logits-{digest}"
     if (root / SPEC).is_file():
         old = json.loads((root / SPEC).read_text(encoding="utf-8"))
         if old != spec:
