@@ -110,3 +110,25 @@ def test_sparse_loss_with_k_equal_vocab_equals_the_dense_loss(setup, tmp_path):
     assert float(sparse.ce) == pytest.approx(float(dense.ce), rel=1e-6)
     assert float(sparse.total.detach()) == pytest.approx(float(dense.total.detach()), rel=1e-5)
     torch.testing.assert_close(student.lm_head.weight.grad, g_dense, rtol=1e-4, atol=1e-6)
+
+
+def test_real_vocabulary_ids_round_trip_in_two_bytes(smollm2: Path, tmp_path):
+    """SmolLM2's 49,152 ids fit 16 unsigned bits: stored as uint16, read back exactly."""
+    from domdistill.models.loading import load_model_and_tokenizer
+    from domdistill.training.logit_cache import teacher_topk
+
+    teacher, tok = load_model_and_tokenizer(smollm2, "float32")
+    texts = ["Find the sum of all prime numbers below 20.", "A circle has radius 3; its area?"]
+    seqs = [(f"m{i}", tok(t)["input_ids"]) for i, t in enumerate(texts)]
+    cache = build_logit_cache(tmp_path / "c", teacher.eval(), tok, seqs, teacher_id="smollm2",
+                              k=64, keyed=True)
+    assert cache.root.parent == tmp_path / "c" and cache.root.name.startswith("logits-")
+    want = teacher_topk(teacher, [ids for _, ids in seqs], k=64, temperature=1.0)
+    shard = torch.load(cache.root / "shard-00000.pt", weights_only=True)
+    assert any(int(i.long().max()) >= 2 ** 15 for i in shard["ids"])  # ids past int16's range
+    assert {i.dtype for i in shard["ids"]} <= {torch.int16, torch.uint16}
+    for (key, _), (ids, lps) in zip(seqs, want):
+        got_ids, got_lps = cache.get(key)
+        assert torch.equal(got_ids, ids) and torch.allclose(got_lps, lps, atol=2e-2)
+    stored = sum(t.element_size() * t.numel() for t in shard["ids"] + shard["logprobs"])
+    assert stored == cache.rows * 64 * (2 + 2)  # 2-byte ids and 2-byte log-probs per entry

@@ -47,6 +47,11 @@ def _ids_hash(ids: Sequence[int]) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
 
+def _id_dtype(largest: int) -> torch.dtype:
+    """The narrowest integer type for token ids up to ``largest`` (2 bytes below 65,536)."""
+    return torch.int16 if largest < 2 ** 15 else torch.uint16 if largest < 2 ** 16 else torch.int32
+
+
 def _shard_name(i: int) -> str:
     return f"shard-{i:05d}.pt"
 
@@ -194,8 +199,7 @@ def build_logit_cache(root: str | Path, teacher: Any, tokenizer: Any,
         for b in range(lo, hi, batch_size):
             batch = [ids for _, ids in items[b:min(hi, b + batch_size)]]
             for i, lp in teacher_topk(teacher, batch, k, temperature, pad):
-                ids_out.append(i.to(torch.int16 if i.numel() == 0 or int(i.max()) < 2 ** 15
-                                    else torch.int32))
+                ids_out.append(i.to(_id_dtype(int(i.max()) if i.numel() else 0)))
                 lp_out.append(lp.to(dtype))
         buf = io.BytesIO()
         torch.save({"keys": [key for key, _ in items[lo:hi]], "hashes": hashes[lo:hi],
