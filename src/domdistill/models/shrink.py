@@ -112,4 +112,3 @@ def shrink(model: PreTrainedModel, init: str, layers: int | None, seed: int = 0)
     if init == "fresh":
         return fresh_like(model, layers, seed)
     return model
-
