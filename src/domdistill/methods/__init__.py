@@ -119,6 +119,27 @@ def check_model_path(name: str, field: str) -> None:
                           field=field)
 
 
+def check_num_layers(model: str, keep: int) -> None:
+    """``student.num_layers`` fits the model it shrinks (read from its config, no weights)."""
+    from domdistill.models.loading import is_tiny_preset
+    from domdistill.models.shrink import kept_layers, num_layers
+
+    if is_tiny_preset(model):
+        from domdistill.models.tiny import TINY_PRESETS
+
+        total = TINY_PRESETS[model]["num_hidden_layers"]
+    else:
+        from transformers import AutoConfig
+
+        from domdistill.models.gguf import resolve_model_name
+
+        try:
+            total = num_layers(AutoConfig.from_pretrained(resolve_model_name(model)))
+        except (OSError, ValueError):
+            return  # unreadable here: loading the model reports it
+    kept_layers(total, keep)
+
+
 def check_models(cfg: RunConfig) -> None:
     """Before a run folder exists: the student (and a local HF teacher) can be found; a
     logit-KD teacher and student have compatible tokenizers and vocabularies."""
@@ -129,6 +150,8 @@ def check_models(cfg: RunConfig) -> None:
         check_qlora()
     if cfg.teacher.kind == "hf":
         check_model_path(cfg.teacher.model, "teacher.model")
+    if cfg.student.num_layers is not None:
+        check_num_layers(cfg.student.model, cfg.student.num_layers)
     if cfg.method.name not in DDK_FAMILY or cfg.method.name == "cpt" or cfg.method.gamma <= 0 \
             or cfg.teacher.kind != "hf":
         return
