@@ -64,6 +64,17 @@ class DataConfig(Section):
     builtin_size: int = Field(2000, gt=0, le=10**7, description="Pool size of the built-in task")
     seed: int = 0
 
+    @field_validator("max_test_per_domain")
+    @classmethod
+    def _builtin_test_set_size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        from domdistill.data.builtin import MAX_TEST_PER_DOMAIN  # data imports the config
+
+        builtin = "builtin" in (info.data.get("path"), info.data.get("format"))
+        if builtin and value is not None and value > MAX_TEST_PER_DOMAIN:
+            raise ValueError(f"the built-in task makes 1 to {MAX_TEST_PER_DOMAIN:,} test "
+                             "examples per domain")
+        return value
+
 
 class TeacherConfig(Section):
     """Which teacher answers, and how it is called."""

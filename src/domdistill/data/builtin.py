@@ -286,6 +286,9 @@ def builtin_dataset(size: int = 2000, alpha: float = 1.2, seed: int = 0) -> Doma
     return DomainDataset(examples, name="builtin")
 
 
+MAX_TEST_PER_DOMAIN = 10_000
+
+
 def builtin_test_set(per_domain: int = 30, seed: int = 1, pool: DomainDataset | None = None,
                      tries: int = 50) -> DomainDataset:
     """A balanced test set; inputs avoid ``pool`` (default: the default pool) and repeats.
@@ -293,6 +296,9 @@ def builtin_test_set(per_domain: int = 30, seed: int = 1, pool: DomainDataset | 
     A domain whose inputs are too few to stay disjoint (letter shifts, weekdays) falls back to
     inputs seen in the pool after ``tries`` draws per example, and marks them ``in_pool``.
     """
+    if not 1 <= per_domain <= MAX_TEST_PER_DOMAIN:
+        raise InputError(f"the built-in task makes 1 to {MAX_TEST_PER_DOMAIN:,} test examples per "
+                         f"domain (got {per_domain:,})", field="data.max_test_per_domain")
     pool = builtin_dataset() if pool is None else pool
     seen = {(ex.domain, ex.input) for ex in pool}
     rng = random.Random(seed)
