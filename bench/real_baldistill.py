@@ -132,7 +132,7 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
         results = BalDistillRun(cfg, run_dir, task, progress=False).run()
         for stage in results["history"]:
             s = stage["seconds"]
-            seconds["scoring"] += s.get("select", 0.0)
+            seconds["scoring"] += s.get("score", 0.0)
             seconds["teacher"] += s.get("teacher", 0.0)
             seconds["training"] += s.get("train", 0.0)
             seconds["evaluation"] += s.get("eval", 0.0)

@@ -71,7 +71,7 @@ def test_a_log_gets_phase_lines_and_per_phase_seconds_not_library_bars(finished_
         assert f"stage {stage}/2: training the student on" in proc.stderr
         assert f"stage {stage}/2: evaluating on" in proc.stderr
     phases = results["phase_seconds"]
-    assert set(phases) == {"select", "teacher", "train", "eval"}
+    assert set(phases) == {"score", "teacher", "train", "eval"}
     assert phases["train"] > 0 and phases["eval"] > 0
     assert phases["train"] == pytest.approx(sum(h["seconds"]["train"] for h in results["history"]),
                                             abs=0.05)

@@ -334,6 +334,13 @@ def test_real_baldistill_run_is_tracked_and_reported(tmp_path: Path) -> None:
     assert md == (tmp_path / "run" / "report.md").resolve()
     assert {p.name for p in (tmp_path / "run" / PLOTS_DIR).glob("*.png")} == {
         "domain_scores.png", "budget.png", "stages.png", "loss.png"}
+    text = md.read_text()
+    timing = text[text.index("## Where the time went"):]
+    assert "| run | part | score (s) | teacher (s) | train (s) | eval (s) |" in timing
+    for h in results["history"]:  # one row per stage, then the run's total
+        assert f"| stage {h['stage']} | " in timing and h["seconds"]["train"] > 0
+    total = f"{results['phase_seconds']['train']:,.1f}"
+    assert any(line.split(" | ")[1:2] == ["all"] and total in line for line in timing.splitlines())
 
 
 # -- the user guide ------------------------------------------------------------------------------

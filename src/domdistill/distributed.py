@@ -1,18 +1,21 @@
 """Runs launched as several processes (``accelerate launch``, ``torchrun``): who does what.
 
-Every process trains (the Trainer's DDP); the run folder, caches, results, trackers and the
-measurements every process must agree on (domain perplexities) belong to the main process,
-which hands its results, or its error, to the others. In a single process every helper here is
-a plain call.
+Every process trains (the Trainer's DDP); the run folder, caches, results, trackers, teacher
+calls and the measurements every process must agree on (domain perplexities) belong to the main
+process, which hands its results, or its error, to the others. Batched generation and scoring
+inside :func:`sharded` split their batches over the processes and gather the results. In a
+single process every helper here is a plain call.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_sharding = False
 
 
 def launched() -> bool:
@@ -62,3 +65,37 @@ def on_main(fn: Callable[[], T]) -> T:
     if box[1] is not None:
         raise box[1]
     return box[0]
+
+
+@contextmanager
+def sharded() -> Iterator[None]:
+    """Inside this block, :func:`my_batches` gives each process its share of the batches and
+    :func:`gather_rows` merges the shares; every process must enter it (a collective)."""
+    global _sharding
+    before, _sharding = _sharding, launched()
+    try:
+        yield
+    finally:
+        _sharding = before
+
+
+def my_batches(batches: Sequence[T]) -> Sequence[T]:
+    """The batches this process computes: every ``world_size``-th from its rank inside
+    :func:`sharded`, all of them elsewhere. Each batch stays whole, as in one process, so
+    padding and outputs are the same."""
+    if not _sharding:
+        return batches
+    state = _state()
+    return batches[state.process_index::state.num_processes]
+
+
+def gather_rows(rows: dict[int, T]) -> dict[int, T]:
+    """Every process's ``{position: result}`` merged, on every process, inside :func:`sharded`."""
+    if not _sharding:
+        return rows
+    from accelerate.utils import gather_object
+
+    merged: dict[int, T] = {}
+    for part in gather_object([rows]):
+        merged.update(part)
+    return merged

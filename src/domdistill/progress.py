@@ -6,6 +6,7 @@ candidates``. Progress bars stay for terminals only; these lines are what a log 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -19,6 +20,7 @@ def set_quiet(quiet: bool) -> None:
 
 
 def say(message: str) -> None:
-    """One phase line on stderr, timestamped, flushed at once."""
-    if not _quiet:
+    """One phase line on stderr, timestamped, flushed at once (under ``accelerate launch`` /
+    ``torchrun``: from the main process only)."""
+    if not _quiet and os.environ.get("RANK", "0") == "0":
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from domdistill import distributed as dist
 from domdistill.training.data import pad_id, prompt_ids
 from domdistill.training.sft import show_progress
 
@@ -26,7 +27,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
 
     Prompts are encoded as in training (``prompt_ids``), sorted by length so each batch pads
     little, left-padded, and generated until eos or ``max_new_tokens``. Results come back in
-    input order.
+    input order. Inside :func:`domdistill.distributed.sharded` each process generates its share
+    of the batches and every process gets all results.
     """
     if not prompts:
         return []
@@ -39,11 +41,11 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out: list[str] = [""] * len(prompts)
-    bar = progress_bar(len(prompts), "generate", "prompt", progress)
+    batches = dist.my_batches([order[s:s + batch_size] for s in range(0, len(order), batch_size)])
+    out: dict[int, str] = {}
+    bar = progress_bar(sum(map(len, batches)), "generate", "prompt", progress)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in batches:
             width = max(len(encoded[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -62,4 +64,5 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     finally:
         bar.close()
         model.train(was_training)
-    return out
+    out = dist.gather_rows(out)
+    return [out[i] for i in range(len(prompts))]

@@ -343,6 +343,7 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
                 "tail" if d in tail else "head",
                 *[_score(r.per_domain.get(d, {}), metric) + _no_answer(r.per_domain.get(d, {}))
                   for r in runs]] for d in domains])
+    timing_table(doc, runs)
     if figures:
         doc.h(2, "Figures")
     for path, title, caption in figures:
@@ -350,6 +351,29 @@ def build_document(runs: Sequence[Run], figures: list[tuple[Path, str, str]], ou
         doc.p(caption)
         doc.image(path, title)
     return doc
+
+
+def timing_table(doc: Doc, runs: Sequence[Run]) -> None:
+    """Seconds per phase of each run, stage by stage where the run has stages."""
+    timed = [r for r in runs if isinstance(r.results.get("phase_seconds"), dict)]
+    if not timed:
+        return
+    phases = list(dict.fromkeys(k for r in timed for k in r.results["phase_seconds"]))
+    rows = []
+    for r in timed:
+        for h in r.stage_history:
+            if isinstance(h.get("seconds"), dict) and len(r.stage_history) > 1:
+                rows.append([r.label, f"stage {h['stage']}",
+                             *[_seconds(h["seconds"].get(p)) for p in phases]])
+        rows.append([r.label, "all", *[_seconds(r.results["phase_seconds"].get(p)) for p in phases]])
+    doc.h(2, "Where the time went")
+    doc.p("Wall seconds per phase (BalDistill family: `score` is the student scoring its own "
+          "rationales, `teacher` the teacher's calls, `train` fine-tuning, `eval` evaluation).")
+    doc.table(["run", "part", *[f"{p} (s)" for p in phases]], rows)
+
+
+def _seconds(value: Any) -> str:
+    return f"{value:,.1f}" if isinstance(value, (int, float)) else "-"
 
 
 def draw_figures(runs: Sequence[Run], folder: Path) -> list[tuple[Path, str, str]]:

@@ -26,6 +26,8 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
     sequence_level = cfg.method.name in BALDISTILL_FAMILY
     # bad data fails here, before any folder is touched
     task = task_for_run(cfg) if sequence_level else load_task(cfg.data)
+    if dist.launched():  # a GGUF model is converted once, by the main process, before others read it
+        dist.on_main(lambda: prepare_models(cfg))
     check_models(cfg)
     uses_ledger = False
     if sequence_level:
@@ -41,13 +43,6 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
         uses_ledger = recipe.rationale and recipe.train
         if uses_ledger:
             check_teacher(cfg.teacher)
-    if dist.launched() and cfg.method.name not in DDK_FAMILY:
-        from domdistill.errors import ConfigError
-
-        raise ConfigError(f"{cfg.method.name} runs in one process (teacher calls, selection and "
-                          "fine-tuning); launch it without accelerate launch / torchrun",
-                          field="method.name")
-
     run_dir = dist.on_main(lambda: take_run_dir(cfg, task, out, overwrite, resume, uses_ledger))
     try:
         if cfg.method.name in BALDISTILL_FAMILY:
@@ -59,6 +54,18 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
         return run_ddk(cfg, run_dir, task, progress=progress)
     finally:
         run_dir.release()
+
+
+def prepare_models(cfg: RunConfig) -> None:
+    """Convert the student's and a local teacher's GGUF files (or reference models) into their
+    cached HF folders now, if they are not there yet."""
+    from domdistill.models.gguf import resolve_model_name
+
+    check_model_path(cfg.student.model, "student.model")
+    resolve_model_name(cfg.student.model)
+    if cfg.teacher.kind == "hf":
+        check_model_path(cfg.teacher.model, "teacher.model")
+        resolve_model_name(cfg.teacher.model)
 
 
 def take_run_dir(cfg: RunConfig, task: Any, out: str | Path | None, overwrite: bool | None,

@@ -6,6 +6,11 @@ remaining real inputs plus teacher-synthesized examples for the shortfall -> the
 rationales -> wrong-answer filter -> the student is retrained on everything so far -> evaluated.
 The method state is saved after every stage; teacher calls live in the ledger, so a crashed run
 resumes without paying any call twice.
+
+Under ``accelerate launch`` / ``torchrun`` the main process owns the run folder, the state, the
+ledger and every teacher call, and hands its decisions (selection, annotated batch) or its error
+to the others; every process fine-tunes (the Trainer's DDP) and scores and evaluates its share of
+the batches (:func:`domdistill.distributed.sharded`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from domdistill import distributed as dist
 from domdistill.config import RunConfig
 from domdistill.data.domains import HEAD_TAIL_RULE, report_head_tail
 from domdistill.data.example import DomainExample
@@ -50,6 +56,9 @@ RECIPES: dict[str, Recipe] = {
     "baldistill_n": Recipe(True, "naive", "score", "synthesize"),
     "baldistill_a": Recipe(True, "adaptive", "score", "synthesize"),
 }
+
+
+PHASES = ("score", "teacher", "train", "eval")  # seconds of each, per stage and in all
 
 
 @dataclass
@@ -155,10 +164,12 @@ class BalDistillRun:
         model, tok = load_trained_student(self._student_dir(stage - 1), for_generation=True)
         say(f"stage {stage}: the student writes and scores its own rationale for "
             f"{len(candidates)} head candidates ({self.cfg.method.selection})")
-        values = score_examples(model, tok, candidates, self.task.template,
-                                method=self.cfg.method.selection,
-                                max_new_tokens=self.cfg.method.score_max_new_tokens,
-                                batch_size=self.cfg.evaluation.batch_size, progress=self.progress)
+        with dist.sharded():
+            values = score_examples(model, tok, candidates, self.task.template,
+                                    method=self.cfg.method.selection,
+                                    max_new_tokens=self.cfg.method.score_max_new_tokens,
+                                    batch_size=self.cfg.evaluation.batch_size,
+                                    progress=self.progress)
         return {ex.id: s for ex, s in zip(candidates, values)}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -166,12 +177,19 @@ class BalDistillRun:
         from domdistill.evaluation.tracking import Tracker
         from domdistill.methods.annotate import Annotator
 
+        from domdistill.methods.students import student_tokenizer
+
         start = time.time()
-        state = State.load(self.state_path) or State(pool=[ex.id for ex in self.task.pool])
+        state = dist.on_main(lambda: State.load(self.state_path)) or State(
+            pool=[ex.id for ex in self.task.pool])
         earlier = state.elapsed
         budgets = plan_budgets(self.recipe, self.cfg) if self.recipe.train else []
-        tracker = Tracker.from_config(self.cfg, self.dir.root)
-        annotator = Annotator(self.cfg, self.dir, self.task) if budgets and self.recipe.rationale else None
+        main = dist.is_main()
+        if dist.launched():  # a tiny preset is built into the run folder once, by the main process
+            dist.on_main(lambda: student_tokenizer(self.cfg, self.dir, self.task) and None)
+        tracker = Tracker.from_config(self.cfg, self.dir.root) if main else Tracker(self.dir.root, [])
+        annotator = (Annotator(self.cfg, self.dir, self.task)
+                     if main and budgets and self.recipe.rationale else None)
         try:
             for stage, budget in enumerate(budgets, start=1):
                 if stage > state.stage:
@@ -181,13 +199,16 @@ class BalDistillRun:
                         from domdistill.teachers.ledger import ledger_identity
 
                         state.ledger = ledger_identity(self.dir.ledger)
-                    state.save(self.state_path)
-                    tracker.log_stage(stage, state.stages[-1])
+                    if main:
+                        state.save(self.state_path)
+                        tracker.log_stage(stage, state.stages[-1])
         finally:
             tracker.close()
             if annotator is not None:
                 annotator.close()
-        return self._results(state, earlier + time.time() - start)
+        metrics, phases = self._final_metrics(state)
+        return dist.on_main(lambda: self._results(state, metrics, phases,
+                                                  earlier + time.time() - start))
 
     def _run_stage(self, stage: int, budget: int, n_stages: int, state: State, annotator) -> None:
         """Select, annotate, retrain, evaluate; records everything in ``state``."""
@@ -204,13 +225,20 @@ class BalDistillRun:
         if scores is not None:  # only scored candidates compete
             pool = {d: [ex for ex in exs if ex.id in scores] if d in plan.head or self.recipe.pool_wide
                     else exs for d, exs in pool.items()}
-        chosen = select_head(plan, pool, self.recipe, scores, rng)
+        clock["score"] = time.time()
+
+        def decide():  # the main process selects and calls the teacher; the others receive it
+            chosen = select_head(plan, pool, self.recipe, scores, rng)
+            real = [ex for d in chosen for ex in chosen[d]]
+            if annotator is not None:
+                say(f"stage {stage}/{n_stages}: the teacher annotates {len(real)} chosen inputs"
+                    + (" and synthesizes the tail's shortfall" if self.recipe.tail == "synthesize"
+                       else ""))
+            batch, spend = self._annotate(annotator, stage, plan, chosen, real, rng, state)
+            return chosen, batch, spend, state.synthesized
+
+        chosen, batch, spend, state.synthesized = dist.on_main(decide)
         real = [ex for d in chosen for ex in chosen[d]]
-        clock["select"] = time.time()
-        if annotator is not None:
-            say(f"stage {stage}/{n_stages}: the teacher annotates {len(real)} chosen inputs"
-                + (" and synthesizes the tail's shortfall" if self.recipe.tail == "synthesize" else ""))
-        batch, spend = self._annotate(annotator, stage, plan, chosen, real, rng, state)
         clock["teacher"] = time.time()
         dropped = sum(spend.get("dropped_by_filter", {}).values())
         if dropped:
@@ -240,7 +268,7 @@ class BalDistillRun:
         metrics = evaluate_student(self.cfg, self.task, student_dir, self.head_tail,
                                    progress=self.progress, predictions_path=self.dir.predictions)
         clock["eval"] = time.time()
-        steps = ["start", "select", "teacher", "train", "eval"]
+        steps = ["start", "score", "teacher", "train", "eval"]
         seconds = {k: round(clock[k] - clock[p], 2) for p, k in zip(steps, steps[1:])}
         state.stages.append({"plan": plan.to_dict(), "selected": {d: [ex.id for ex in v]
                              for d, v in chosen.items()}, "examples": len(batch),
@@ -255,20 +283,26 @@ class BalDistillRun:
         return annotator.annotate_stage(stage, plan, chosen, real, self.recipe.tail, rng,
                                         state.synthesized)
 
-    def _results(self, state: State, wall_seconds: float) -> dict[str, Any]:
-        from domdistill.evaluation.results import teacher_warnings, write_results
+    def _final_metrics(self, state: State) -> tuple[dict[str, Any], dict[str, float]]:
+        """The last stage's metrics (zero-shot: the untrained student's, measured now) and the
+        seconds per phase over all stages."""
         from domdistill.methods.students import evaluate_student
 
         phases = {k: round(sum(s.get("seconds", {}).get(k, 0.0) for s in state.stages), 2)
-                  for k in ("select", "teacher", "train", "eval")}
+                  for k in PHASES}
         if state.stages:
-            metrics = state.stages[-1]["metrics"]
-        else:  # zero-shot: the untrained student
-            say(f"evaluating the untrained student on {len(self.task.test)} test examples")
-            start = time.time()
-            metrics = evaluate_student(self.cfg, self.task, None, self.head_tail,
-                                       progress=self.progress, predictions_path=self.dir.predictions)
-            phases["eval"] = round(time.time() - start, 2)
+            return state.stages[-1]["metrics"], phases
+        say(f"evaluating the untrained student on {len(self.task.test)} test examples")
+        start = time.time()
+        metrics = evaluate_student(self.cfg, self.task, None, self.head_tail,
+                                   progress=self.progress, predictions_path=self.dir.predictions)
+        phases["eval"] = round(time.time() - start, 2)
+        return metrics, phases
+
+    def _results(self, state: State, metrics: dict[str, Any], phases: dict[str, float],
+                 wall_seconds: float) -> dict[str, Any]:
+        from domdistill.evaluation.results import teacher_warnings, write_results
+
         budget = None
         if self.recipe.rationale and self.recipe.train:
             from domdistill.methods.annotate import ledger_spend

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from domdistill import distributed as dist
 from domdistill.config import RunConfig
 from domdistill.data.example import DomainExample
 from domdistill.io import atomic_dir
@@ -107,7 +108,8 @@ def base_student(cfg: RunConfig, run_dir: RunDir, task: Task, for_generation: bo
 
 
 def load_trained_student(path: str | Path, for_generation: bool = False):
-    """Reload a saved student; a LoRA adapter folder is merged into its base for inference."""
+    """Reload a saved student; a LoRA adapter folder is merged into its base for inference.
+    ``for_generation``: left padding, and on this process's GPU when there is one."""
     from domdistill.models.loading import load_model_and_tokenizer
 
     path = Path(path)
@@ -118,8 +120,19 @@ def load_trained_student(path: str | Path, for_generation: bool = False):
         from domdistill.models.loading import prepare_tokenizer
 
         model = AutoPeftModelForCausalLM.from_pretrained(path).merge_and_unload()
-        return model, prepare_tokenizer(AutoTokenizer.from_pretrained(path), for_generation)
-    return load_model_and_tokenizer(path, for_generation=for_generation)
+        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(path), for_generation)
+    else:
+        model, tok = load_model_and_tokenizer(path, for_generation=for_generation)
+    return (on_accelerator(model) if for_generation else model), tok
+
+
+def on_accelerator(model: Any) -> Any:
+    """``model`` on this process's GPU (``cuda:LOCAL_RANK`` under a launcher) when there is one."""
+    import torch  # heavy: only once a model is loaded
+
+    if torch.cuda.is_available() and not getattr(model, "is_loaded_in_4bit", False):
+        return model.to(dist.device())
+    return model
 
 
 LOSSES = "training_losses.json"
@@ -127,12 +140,15 @@ LOSSES = "training_losses.json"
 
 def save_student(model: Any, tokenizer: Any, path: Path,
                  losses: list[tuple[int, float]] | None = None) -> None:
-    """Save model and tokenizer as one folder (complete or absent), with the loss log if given."""
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if losses is not None:
-            (tmp / LOSSES).write_text(json.dumps(losses), encoding="utf-8")
+    """Save model and tokenizer as one folder (complete or absent), with the loss log if given;
+    under a launcher the main process writes it and the others wait until it is there."""
+    if dist.is_main():
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if losses is not None:
+                (tmp / LOSSES).write_text(json.dumps(losses), encoding="utf-8")
+    dist.barrier()
 
 
 def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[DomainExample],
@@ -181,16 +197,20 @@ def evaluate_student(cfg: RunConfig, task: Task, student_dir: Path | None,
                      head_tail: tuple[list[str], list[str]], progress: bool = True,
                      predictions_path: Path | None = None) -> dict[str, Any]:
     """Per-domain metrics of a saved student (``None``: the untrained base student);
-    ``predictions_path`` gets one JSON line per test example (output, parsed answer, gold)."""
+    ``predictions_path`` gets one JSON line per test example (output, parsed answer, gold).
+    Under a launcher every process calls it: each generates its share of the test set and the
+    main process writes the predictions."""
     from domdistill.evaluation.metrics import evaluate_model
 
     if student_dir is None:
         from domdistill.models.loading import load_student
 
         model, tok = load_student(cfg.student, texts=tokenizer_texts(task), for_generation=True)
+        model = on_accelerator(model)
     else:
         model, tok = load_trained_student(student_dir, for_generation=True)
     head, tail = head_tail
-    return evaluate_model(model, tok, task.test, task.task, task.template, cfg.evaluation,
-                          labels=task.labels, head=head, tail=tail, progress=progress,
-                          predictions_path=predictions_path)
+    with dist.sharded():
+        return evaluate_model(model, tok, task.test, task.task, task.template, cfg.evaluation,
+                              labels=task.labels, head=head, tail=tail, progress=progress,
+                              predictions_path=predictions_path if dist.is_main() else None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from domdistill import distributed as dist
 from domdistill.data.example import DomainExample
 from domdistill.data.templates import StudentTemplate
 
@@ -39,7 +40,9 @@ def completion_stats(model, tokenizer, prompts: Sequence[str], completions: Sequ
     """NLL and entropy of each completion given its prompt (prompt tokens are not scored).
 
     Sequences are encoded exactly as for training (``training.data.encode_pair``); an empty
-    prompt scores the completion alone, after the BOS token. Batches are right-padded.
+    prompt scores the completion alone, after the BOS token. Batches are right-padded; inside
+    :func:`domdistill.distributed.sharded` they are split over the processes and every process
+    gets all results.
     """
     from domdistill.training.data import IGNORE_INDEX, encode_pair, pad_id
 
@@ -50,12 +53,11 @@ def completion_stats(model, tokenizer, prompts: Sequence[str], completions: Sequ
     for p, c in zip(prompts, completions):
         enc = encode_pair(tokenizer, p, c, limit)  # the same encoding as training
         rows.append((enc["input_ids"], [lbl != IGNORE_INDEX for lbl in enc["labels"]]))
-    out: list[SequenceStats | None] = [None] * len(rows)
+    out: dict[int, SequenceStats] = {}
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in dist.my_batches([order[s:s + batch_size] for s in range(0, len(order), batch_size)]):
         width = max(len(rows[i][0]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -75,7 +77,8 @@ def completion_stats(model, tokenizer, prompts: Sequence[str], completions: Sequ
         for r, i in enumerate(idx):
             out[i] = SequenceStats(float(nll[r].sum()), float(ent[r].sum()), int(mask[r].sum()))
     model.train(was_training)
-    return out  # type: ignore[return-value]
+    out = dist.gather_rows(out)
+    return [out[i] for i in range(len(rows))]
 
 
 def ifd_scores(model, tokenizer, prompts: Sequence[str], generations: Sequence[str],
