@@ -150,3 +150,23 @@ def test_baldistill_with_smollm2_in_two_processes_matches_one(tmp_path, smollm2)
                           env=ENV, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(one, tmp_path / "two", sizes=(8, 16, 24))
+
+
+@pytest.mark.slow
+def test_a_teacher_error_in_the_main_process_stops_every_process_with_one_message(tmp_path):
+    raw = json.loads(json.dumps(CONFIG))
+    raw["training"]["batch_size"] = 4
+    raw["teacher"] = {"kind": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
+                      "api_key_env": "DOMDISTILL_TEST_KEY", "max_outage_s": 2, "retry_base_s": 0.1}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([*launcher(29569), "run", str(tmp_path / "cfg.yaml"), "--out",
+                           str(tmp_path / "run")], env={**ENV, "DOMDISTILL_TEST_KEY": "sk-test"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "the teacher has answered nothing for 2 s" in errors[0], proc.stderr
+    assert "sk-test" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run" / "state.json").exists()
+    con = sqlite3.connect(tmp_path / "run" / "ledger.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM calls WHERE charged = 1").fetchone()[0] == 0
+    con.close()

@@ -86,9 +86,11 @@ def quiet_library_bars() -> None:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: MESSAGE`` (secrets redacted, never wrapped) on stderr and exit."""
-    err_console.print("[bold red]error:[/]", end=" ")
-    err_console.print(redact(message), highlight=False, markup=False, soft_wrap=True)
+    """Print ``error: MESSAGE`` (secrets redacted, never wrapped) on stderr and exit (under a
+    launcher every process exits; the main process prints the message once)."""
+    if os.environ.get("RANK", "0") == "0":
+        err_console.print("[bold red]error:[/]", end=" ")
+        err_console.print(redact(message), highlight=False, markup=False, soft_wrap=True)
     sys.exit(code)
 
 
