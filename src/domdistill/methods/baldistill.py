@@ -176,7 +176,6 @@ class BalDistillRun:
     def run(self) -> dict[str, Any]:
         from domdistill.evaluation.tracking import Tracker
         from domdistill.methods.annotate import Annotator
-
         from domdistill.methods.students import student_tokenizer
 
         start = time.time()
@@ -186,7 +185,10 @@ class BalDistillRun:
         budgets = plan_budgets(self.recipe, self.cfg) if self.recipe.train else []
         main = dist.is_main()
         if dist.launched():  # a tiny preset is built into the run folder once, by the main process
-            dist.on_main(lambda: student_tokenizer(self.cfg, self.dir, self.task) and None)
+            def build_base_student() -> None:
+                student_tokenizer(self.cfg, self.dir, self.task)
+
+            dist.on_main(build_base_student)
         tracker = Tracker.from_config(self.cfg, self.dir.root) if main else Tracker(self.dir.root, [])
         annotator = (Annotator(self.cfg, self.dir, self.task)
                      if main and budgets and self.recipe.rationale else None)
