@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 
 import psutil
@@ -42,3 +43,11 @@ def run_until(cmd: list[str], env: dict[str, str], kill_on: str | None = None,
         if proc.poll() is None:
             kill_tree(proc.pid)
         proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a launcher's rendezvous port; fixed
+    ports collide with a run still closing its sockets)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procs import kill_tree
+from procs import free_port, kill_tree
 
 TOLERANCE = 1e-4
 CONFIG = {
@@ -60,10 +60,10 @@ def write_config(path: Path, batch: int, student: str = "nano") -> Path:
     return path
 
 
-def launcher(port: int) -> list[str]:
+def launcher() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "domdistill.cli"]
+            "--main_process_port", str(free_port()), "-m", "domdistill.cli"]
 
 
 def ledger_rows(run: Path) -> list[tuple]:
@@ -109,7 +109,7 @@ def assert_same_run(one: Path, two: Path, sizes: tuple[int, ...] = (32, 64, 96))
 @pytest.mark.slow
 def test_baldistill_in_two_processes_matches_one(tmp_path, one_process):
     config = write_config(tmp_path / "cfg.yaml", 4)
-    proc = subprocess.run([*launcher(29561), "run", str(config), "--out", str(tmp_path / "run")],
+    proc = subprocess.run([*launcher(), "run", str(config), "--out", str(tmp_path / "run")],
                           env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run folder:") == 1  # the main process reports, once
@@ -122,7 +122,7 @@ def test_baldistill_in_two_processes_killed_in_stage_two_and_resumed_matches_one
                                                                                  one_process):
     config = write_config(tmp_path / "cfg.yaml", 4)
     run = tmp_path / "run"
-    proc = subprocess.Popen([*launcher(29563), "run", str(config), "--out", str(run)], env=ENV,
+    proc = subprocess.Popen([*launcher(), "run", str(config), "--out", str(run)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     try:  # stage 1 recorded and stage 2 past its second checkpoint: kill them all
@@ -134,7 +134,7 @@ def test_baldistill_in_two_processes_killed_in_stage_two_and_resumed_matches_one
         proc.wait(timeout=60)
     assert json.loads((run / "state.json").read_text())["stage"] == 1
     calls_before = len(ledger_rows(run))
-    resumed = subprocess.run([*launcher(29565), "run", str(config), "--out", str(run), "--resume"],
+    resumed = subprocess.run([*launcher(), "run", str(config), "--out", str(run), "--resume"],
                              env=ENV, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert calls_before >= 32 and len(ledger_rows(run)) == 96
@@ -146,7 +146,7 @@ def test_baldistill_with_smollm2_in_two_processes_matches_one(tmp_path, smollm2)
     (tmp_path / "one").mkdir()
     one = run_one(tmp_path / "one", "smollm2")
     config = write_config(tmp_path / "cfg.yaml", 4, "smollm2")
-    proc = subprocess.run([*launcher(29567), "run", str(config), "--out", str(tmp_path / "two")],
+    proc = subprocess.run([*launcher(), "run", str(config), "--out", str(tmp_path / "two")],
                           env=ENV, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(one, tmp_path / "two", sizes=(8, 16, 24))
@@ -159,7 +159,7 @@ def test_a_teacher_error_in_the_main_process_stops_every_process_with_one_messag
     raw["teacher"] = {"kind": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
                       "api_key_env": "DOMDISTILL_TEST_KEY", "max_outage_s": 2, "retry_base_s": 0.1}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([*launcher(29569), "run", str(tmp_path / "cfg.yaml"), "--out",
+    proc = subprocess.run([*launcher(), "run", str(tmp_path / "cfg.yaml"), "--out",
                            str(tmp_path / "run")], env={**ENV, "DOMDISTILL_TEST_KEY": "sk-test"},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0

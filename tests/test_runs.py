@@ -83,17 +83,3 @@ def test_results_contract(tmp_path):
     (tmp_path / "bad.json").write_text('{"method": "kd",\n "metrics": }')
     with pytest.raises(InputError, match="bad.json:2"):
         read_results(tmp_path / "bad.json")
-
-
-def test_baldistill_under_a_launcher_stops_before_touching_anything(tmp_path, monkeypatch):
-    from domdistill.config import config_from_dict
-    from domdistill.errors import ConfigError
-    from domdistill.methods import run_config
-
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch / torchrun set it
-    cfg = config_from_dict({"data": {"path": "builtin", "builtin_size": 60},
-                            "method": {"name": "baldistill_a", "budget": 10, "stages": 1},
-                            "output": {"dir": str(tmp_path / "run"), "tracking": []}})
-    with pytest.raises(ConfigError, match="runs in one process"):
-        run_config(cfg, progress=False)
-    assert not (tmp_path / "run").exists()

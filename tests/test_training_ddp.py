@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from domdistill.training import checkpoints as ck
-from procs import run_until
+from procs import free_port, run_until
 
 WORKER = Path(__file__).with_name("_sft_worker.py")
 TOLERANCE = 1e-4  # absolute, per logged step (measured: below 1e-6)
@@ -34,7 +34,7 @@ def test_two_processes_match_one(tmp_path, loss):
                    capture_output=True)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29541"]
+              "--main_process_port", str(free_port())]
     subprocess.run([*launch, str(WORKER), str(two), "--batch", "4", *common], env=env, check=True,
                    capture_output=True)
     a = json.loads((one / "result.json").read_text())["losses"]
@@ -50,10 +50,10 @@ DDK_WORKER = Path(__file__).with_name("_ddk_worker.py")
 DDK_STEPS = 12
 
 
-def _launcher(port: int) -> list[str]:
+def _launcher() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port)]
+            "--main_process_port", str(free_port())]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_ddk_run_in_two_processes_matches_one(tmp_path, ddk_one):
     the main process measures and writes, every process trains its half of each step."""
     teacher, one = ddk_one
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*_launcher(29543), "-m", "domdistill.cli", "run",
+    proc = subprocess.run([*_launcher(), "-m", "domdistill.cli", "run",
                            str(_two_process_config(teacher, tmp_path))], env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -108,7 +108,7 @@ def test_ddk_run_in_two_processes_matches_one(tmp_path, ddk_one):
     _assert_same_run(one, json.loads((run / "results.json").read_text()))
     assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-12"
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".json") == [
-        "ddk_state.json", "results.json", "teacher_ppl.json", "validation.json"]
+        "ddk_state.json", "results.json", "run.json", "teacher_ppl.json", "validation.json"]
 
 
 @pytest.mark.slow
@@ -118,12 +118,12 @@ def test_ddk_in_two_processes_killed_and_resumed_matches_one(tmp_path, ddk_one):
     teacher, one = ddk_one
     config = _two_process_config(teacher, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMDISTILL_PRINT_STEPS": "1"}
-    assert run_until([*_launcher(29545), "-m", "domdistill.cli", "run", str(config)], env,
+    assert run_until([*_launcher(), "-m", "domdistill.cli", "run", str(config)], env,
                      kill_on="STEP 7")
     run = tmp_path / "two" / "run"
     assert ck.latest_checkpoint(run / "checkpoints").name == "checkpoint-4"
     assert not (run / "results.json").exists()
-    resumed = subprocess.run([*_launcher(29547), "-m", "domdistill.cli", "run", str(config), "--resume"],
+    resumed = subprocess.run([*_launcher(), "-m", "domdistill.cli", "run", str(config), "--resume"],
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(one, json.loads((run / "results.json").read_text()))

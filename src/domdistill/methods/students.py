@@ -140,15 +140,12 @@ LOSSES = "training_losses.json"
 
 def save_student(model: Any, tokenizer: Any, path: Path,
                  losses: list[tuple[int, float]] | None = None) -> None:
-    """Save model and tokenizer as one folder (complete or absent), with the loss log if given;
-    under a launcher the main process writes it and the others wait until it is there."""
-    if dist.is_main():
-        with atomic_dir(path) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            if losses is not None:
-                (tmp / LOSSES).write_text(json.dumps(losses), encoding="utf-8")
-    dist.barrier()
+    """Save model and tokenizer as one folder (complete or absent), with the loss log if given."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if losses is not None:
+            (tmp / LOSSES).write_text(json.dumps(losses), encoding="utf-8")
 
 
 def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[DomainExample],
@@ -182,7 +179,9 @@ def train_student(cfg: RunConfig, run_dir: RunDir, task: Task, train_set: list[D
     result = train_sft(model, tok, pairs, cfg.training, run_dir.checkpoints / f"stage-{stage}",
                        resume=True, method_state={"stage": stage}, progress=progress)
     losses = [(int(s), float(v)) for s, v in result.losses]
-    save_student(result.model if result.model is not None else model, tok, student_dir, losses)
+    if dist.is_main():  # under a launcher the others wait until the student is saved
+        save_student(result.model if result.model is not None else model, tok, student_dir, losses)
+    dist.barrier()
     return losses
 
 
