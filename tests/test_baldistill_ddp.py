@@ -1,7 +1,8 @@
 """BalDistill under ``accelerate launch`` with two CPU processes (gloo) equals one process at twice
 the per-process batch: the same selections per stage, the same ledger rows, the same losses and
-metrics; results printed once. Killed with every worker during stage 2 and resumed under the
-launcher, it still equals the one-process run and pays no teacher call twice.
+metrics; results printed once. With the launcher SIGKILLed during stage 2 its workers stop
+with it, and resumed under the launcher the run still equals the one-process run and pays no
+teacher call twice.
 
 The budget gives every stage a training set that divides by the global batch (32, 64, 96
 examples at batch 8): otherwise accelerate pads the last batch of an epoch on each process with
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -125,13 +128,18 @@ def test_baldistill_in_two_processes_killed_in_stage_two_and_resumed_matches_one
     proc = subprocess.Popen([*launcher(), "run", str(config), "--out", str(run)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    try:  # stage 1 recorded and stage 2 past its second checkpoint: kill them all
+    try:  # stage 1 recorded and stage 2 past its second checkpoint: SIGKILL the launcher alone
         while not (run / "checkpoints" / "stage-2" / "checkpoint-4").is_dir():
             assert proc.poll() is None and time.time() < deadline, "the run ended before stage 2"
             time.sleep(0.05)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        gone, alive = psutil.wait_procs(workers, timeout=30)  # the kernel stops them with it
+        assert not alive, [p.pid for p in alive]
     finally:
         kill_tree(proc.pid)
-        proc.wait(timeout=60)
     assert json.loads((run / "state.json").read_text())["stage"] == 1
     calls_before = len(ledger_rows(run))
     resumed = subprocess.run([*launcher(), "run", str(config), "--out", str(run), "--resume"],

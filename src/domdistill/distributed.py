@@ -10,6 +10,8 @@ single process every helper here is a plain call.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -21,6 +23,23 @@ _sharding = False
 def launched() -> bool:
     """Whether this process is one of several (``WORLD_SIZE`` > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def die_with_launcher() -> None:
+    """Under a launcher on Linux: ask the kernel to SIGTERM this process when its parent (the
+    launcher) dies. A launcher killed on its own otherwise leaves its workers running (each
+    in a process group of its own), still calling the teacher."""
+    if not launched() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl in this C library: nothing to arm
+        return
+    if os.getppid() == 1:  # the launcher died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _state() -> Any:

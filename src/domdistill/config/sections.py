@@ -232,7 +232,9 @@ class TrainingConfig(Section):
     epochs: float = Field(3.0, gt=0, le=1_000_000)
     max_steps: int | None = Field(None, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
-    batch_size: int = Field(16, gt=0, le=1_000_000)
+    batch_size: int = Field(16, gt=0, le=1_000_000, description="Sequences per optimizer step "
+                            "and process: under accelerate launch / torchrun the global batch is "
+                            "batch_size x processes x grad_accum")
     grad_accum: int = Field(1, gt=0)
     max_seq_len: int = Field(256, gt=0, le=10_000_000)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)

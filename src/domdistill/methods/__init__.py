@@ -19,6 +19,7 @@ def run_config(cfg: RunConfig, out: str | Path | None = None, overwrite: bool | 
     from domdistill import distributed as dist
     from domdistill.methods.task import load_task, task_for_run
 
+    dist.die_with_launcher()
     if cfg.training.cpu_threads:
         import torch
 
