@@ -83,11 +83,13 @@ CONFIG_CASES: dict[str, str] = {
     "config_huge_budget.yaml": "'method.budget': Input should be less than or equal to 1000000000",
     "config_huge_test_set.yaml": "'data.max_test_per_domain': Value error, the built-in task "
                                  "makes 1 to 10,000 test examples per domain",
+    "config_preset_typo.yaml": "field 'student.model': unknown model 'nanoo': did you mean 'nano'?",
     "config_key_in_field.yaml": "field 'teacher.api_key_env': this value looks like an API key",
 }
 # these messages name the file that is wrong instead of the config: the data, the models
 NAMED = {"config_label_outside_set.yaml": str(BAD / "labels.txt"),
-         "config_vocab_mismatch.yaml": "student.model '"}
+         "config_vocab_mismatch.yaml": "student.model '",
+         "config_preset_typo.yaml": "(tiny presets: nano, micro"}
 
 
 def flat(text: str) -> str:
@@ -122,7 +124,7 @@ def existing_run(tmp_path: Path) -> Path:
 def test_every_file_of_the_corpus_has_a_case() -> None:
     files = {p.name for p in BAD.iterdir()}
     assert files == set(DATA_CASES) | set(CONFIG_CASES), files ^ (set(DATA_CASES) | set(CONFIG_CASES))
-    assert len(files) == 47
+    assert len(files) == 48
 
 
 @pytest.mark.parametrize("name", sorted(DATA_CASES))

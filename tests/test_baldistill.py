@@ -111,6 +111,20 @@ def test_dry_run_plans_without_calling_or_writing(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_dry_run_refuses_an_unset_key_variable_as_the_run_would(tmp_path):
+    raw = json.loads(json.dumps(TINY))
+    raw["teacher"] = {"kind": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1",
+                      "api_key_env": "DOMDISTILL_SURELY_UNSET_KEY"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k != "DOMDISTILL_SURELY_UNSET_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "domdistill.cli", "run", str(tmp_path / "cfg.yaml"),
+                           "--dry-run"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "environment variable $DOMDISTILL_SURELY_UNSET_KEY holding the API key is not set" in \
+        " ".join(proc.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
 def _run_cli(cfg_path: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
     return subprocess.Popen([sys.executable, "-m", "domdistill.cli", "run", str(cfg_path), "--out",

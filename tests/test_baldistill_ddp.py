@@ -117,6 +117,8 @@ def test_baldistill_in_two_processes_matches_one(tmp_path, one_process):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("run folder:") == 1  # the main process reports, once
     assert proc.stderr.count("stage 2/3: training the student") == 1
+    # the nano student writes nothing to score: said once, not silently resolved by id order
+    assert proc.stderr.count("every candidate scored the same") == 2
     assert_same_run(one_process, tmp_path / "run")
 
 

@@ -10,6 +10,7 @@ request the same way, stops the run quickly with a message that says what to fix
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import sqlite3
@@ -236,6 +237,8 @@ def test_failures_below_the_threshold_are_reported_not_passed_over(tmp_path):
     assert failed == ledger(tmp_path / "some")["failed"] > 0
     assert f"warning: {failed} teacher call(s) failed" in " ".join(proc.stderr.split())
     assert f"({failed} failed)" in proc.stdout  # beside the calls spent in the results table
+    per_stage = re.findall(r"stage \d+/\d+: (\d+) teacher request\(s\) failed", proc.stderr)
+    assert sum(map(int, per_stage)) == failed  # said in the stage it happened, too
     assert any("failed" in w for w in results["warnings"])
     report = subprocess.run([sys.executable, "-m", "domdistill.cli", "report", str(tmp_path / "some"),
                              "--out", str(tmp_path / "report")], capture_output=True, text=True,

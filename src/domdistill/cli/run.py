@@ -74,11 +74,15 @@ def show_plan(cfg: RunConfig, as_json: bool = False, probe: bool = False) -> Non
     if cfg.method.name in DDK_FAMILY:
         raise typer.BadParameter(f"--dry-run plans teacher calls; {cfg.method.name} makes none")
     from domdistill.methods import check_models
+    from domdistill.methods.baldistill import RECIPES
     from domdistill.methods.compute import estimate_student_compute
     from domdistill.methods.students import check_student_format, student_tokenizer
+    from domdistill.teachers import check_teacher
 
     task = task_for_run(cfg)
     check_models(cfg)
+    if RECIPES[cfg.method.name].rationale and RECIPES[cfg.method.name].train:
+        check_teacher(cfg.teacher)  # the key variable, recorded files: as the run would
     plan = plan_baldistill(cfg, task)
     tokenizer = student_tokenizer(cfg, None, task)
     # refuses lengths that cannot hold the answer line; measures the training answers

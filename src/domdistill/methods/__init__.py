@@ -118,6 +118,17 @@ def check_model_path(name: str, field: str) -> None:
             reference_gguf(name)
         except ConfigError as e:
             raise ConfigError(e.reason, field=field) from None
+    elif "/" not in name and not is_tiny_preset(name) and not Path(name).expanduser().exists():
+        from difflib import get_close_matches
+
+        from domdistill.models.tiny import TINY_PRESETS
+
+        known = [*TINY_PRESETS, *REFERENCE_MODELS]
+        close = get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:  # a typo of a built-in name, not worth a minute of hub retries
+            raise ConfigError(f"unknown model {name!r}: did you mean {close[0]!r}? (tiny presets: "
+                              f"{', '.join(TINY_PRESETS)}; reference models: "
+                              f"{', '.join(REFERENCE_MODELS)}; or a hub id or folder)", field=field)
     elif not is_tiny_preset(name) and names_a_path(name) and not Path(name).expanduser().exists():
         kind = "GGUF file" if is_gguf(name) else "model folder"
         raise ConfigError(f"{kind} {str(Path(name).expanduser().resolve())!r} does not exist",

@@ -170,6 +170,10 @@ class BalDistillRun:
                                     max_new_tokens=self.cfg.method.score_max_new_tokens,
                                     batch_size=self.cfg.evaluation.batch_size,
                                     progress=self.progress)
+        if len(values) > 1 and len(set(values)) == 1:
+            say(f"stage {stage}: every candidate scored the same ({values[0]:.3g}; e.g. the student "
+                "wrote nothing): the uncertainty scores do not tell them apart, so inputs are "
+                "taken in id order")
         return {ex.id: s for ex, s in zip(candidates, values)}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -242,6 +246,10 @@ class BalDistillRun:
         chosen, batch, spend, state.synthesized = dist.on_main(decide)
         real = [ex for d in chosen for ex in chosen[d]]
         clock["teacher"] = time.time()
+        if spend.get("failed"):
+            say(f"stage {stage}/{n_stages}: {spend['failed']} teacher request(s) failed; the stage "
+                f"trains without them (`domdistill ledger {self.dir.root}` says why, and what "
+                "was charged)")
         dropped = sum(spend.get("dropped_by_filter", {}).values())
         if dropped:
             say(f"stage {stage}/{n_stages}: {dropped} teacher answer(s) dropped by the answer filter "
