@@ -178,3 +178,20 @@ def test_a_checkpoint_damaged_in_place_is_named_not_a_traceback(name, tmp_path, 
         train_sft(model, tok, [("question", "answer")] * 8, TrainingConfig(max_steps=60, save_steps=50),
                   ckpts, resume=True, progress=False)
     assert str(latest) in str(err.value) and "Delete that folder" in str(err.value)
+
+
+def test_resuming_a_tied_lm_head_warns_of_no_missing_weight(tmp_path):
+    """The nano student ties lm_head to the embeddings: a checkpoint holds that weight once,
+    and loading it is no "missing keys" warning to frighten a user who resumes."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    out = tmp_path / "run"
+    worker = [sys.executable, str(WORKER), str(out), "--save-steps", "4"]
+    subprocess.run([*worker, "--steps", "4"], env=env, check=True, capture_output=True)
+    resumed = subprocess.run([*worker, "--steps", "8", "--resume"], env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((out / "result.json").read_text())["resumed_from"].endswith("checkpoint-4")
+    assert "missing keys" not in resumed.stderr

@@ -132,6 +132,17 @@ class CheckpointTrainer(Trainer):
                 staging.rmdir()
         self.accelerator.wait_for_everyone()
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """No "missing keys" warning for weights tied to a loaded one (a tied lm_head is not
+        saved apart from the embeddings it shares)."""
+        missing = set(load_result.missing_keys)
+        if missing:
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            loaded = {p.data_ptr() for name, p in params.items() if name not in missing}
+            if all(name in params and params[name].data_ptr() in loaded for name in missing):
+                load_result = load_result._replace(missing_keys=[])
+        super()._issue_warnings_after_load(load_result)
+
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if os.environ.get(PAUSE_ENV) == str(self.state.global_step):
             print(f"PAUSED_IN_SAVE {self.state.global_step}", file=sys.stderr, flush=True)
