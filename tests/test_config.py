@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -138,12 +139,14 @@ def test_cli_dry_run_from_another_folder(tmp_path):
     config = _project(tmp_path)
     cli = [sys.executable, "-c", "from domdistill.cli import main; main()", "run", str(config),
            "--dry-run"]
+    env = {**os.environ, "OPENAI_API_KEY": "sk-dry-run-checks-the-variable"}
     proc = subprocess.run([*cli, "--json"], cwd=tmp_path / "elsewhere", capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "calls" in proc.stdout and "Traceback" not in proc.stderr
     proc = subprocess.run([*cli, "--set", "data.test_path=../missing.jsonl"],
-                          cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300,
+                          env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{tmp_path / 'missing.jsonl'}: file or folder does not exist" in proc.stderr
     assert list((tmp_path / "elsewhere").iterdir()) == []  # nothing written
