@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from procs import free_port, kill_tree
+from test_baldistill import ledger_rows
 
 TOLERANCE = 1e-4
 CONFIG = {
@@ -67,13 +68,6 @@ def launcher() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
             "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), "-m", "domdistill.cli"]
-
-
-def ledger_rows(run: Path) -> list[tuple]:
-    con = sqlite3.connect(run / "ledger.sqlite")
-    rows = con.execute("SELECT key, status, charged FROM calls ORDER BY key").fetchall()
-    con.close()
-    return rows
 
 
 @pytest.fixture(scope="module")
