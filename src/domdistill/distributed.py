@@ -67,6 +67,13 @@ def barrier() -> None:
         _state().wait_for_everyone()
 
 
+def shut_down() -> None:
+    """Under a launcher, tear down the process group before the process exits (one left up
+    can abort the process at exit: 'terminate called without an active exception')."""
+    if launched():
+        _state().destroy_process_group()
+
+
 def on_main(fn: Callable[[], T]) -> T:
     """``fn()`` in the main process; every process returns its result or raises its error (so
     no process waits forever for a main process that failed)."""

@@ -41,8 +41,12 @@ def run(
     from domdistill import distributed as dist
     from domdistill.methods import run_config
 
-    results = run_config(cfg, out=out, overwrite=overwrite or None, resume=resume)
-    if not dist.is_main():  # under accelerate launch / torchrun the main process reports
+    try:
+        results = run_config(cfg, out=out, overwrite=overwrite or None, resume=resume)
+    finally:
+        main = dist.is_main()
+        dist.shut_down()
+    if not main:  # under accelerate launch / torchrun the main process reports
         return
     folder = out or cfg.output.dir
     if as_json:
